@@ -1,0 +1,101 @@
+//! Domain types the store reads and writes. Rows never leave the backends.
+
+use bouncer_core::{email::Email, token::TokenHash};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// An account as the services see it. Never carries the password hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    /// Sorted by name.
+    pub roles: Vec<String>,
+    pub created_at: OffsetDateTime,
+    /// Access tokens issued (`iat`) before this are dead.
+    pub revoked_before: Option<OffsetDateTime>,
+    pub banned_at: Option<OffsetDateTime>,
+}
+
+impl User {
+    pub fn is_banned(&self) -> bool {
+        self.banned_at.is_some()
+    }
+
+    /// Whether an access token issued at `iat` (Unix seconds) was revoked by
+    /// the user's revoked-before time. Compared in whole seconds, like `iat`:
+    /// a token minted in the very second of a revocation survives it, which
+    /// is why revoking also marks every session (whose `sid` the token names).
+    pub fn token_revoked(&self, iat: i64) -> bool {
+        self.revoked_before.is_some_and(|t| iat < t.unix_timestamp())
+    }
+}
+
+/// A user with the stored password hash, for password checks only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub user: User,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+/// Input of [`crate::Store::create_user`].
+#[derive(Clone)]
+pub struct NewUser {
+    pub id: Uuid,
+    pub email: Email,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub now: OffsetDateTime,
+}
+
+/// One login's family of refresh tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl Session {
+    pub fn is_live(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// Input of [`crate::Store::create_session`].
+#[derive(Clone, Debug)]
+pub struct NewSession {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub refresh_token: TokenHash,
+    pub now: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Outcome of presenting a refresh token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The token was live; it is now spent and the next one is stored.
+    Rotated { session: Session, user: User },
+    /// The token had already been rotated: someone replayed it. The session
+    /// is now revoked (reason `reuse_detected`).
+    Reused { session_id: Uuid, user_id: Uuid },
+    /// Unknown token, expired or revoked session, or banned user.
+    Invalid,
+}
+
+/// A role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    pub builtin: bool,
+}

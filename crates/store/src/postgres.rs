@@ -1,0 +1,445 @@
+//! The PostgreSQL store (production): deadpool-postgres over tokio-postgres.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bouncer_core::{throttle::FailureWindow, token::TokenHash};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use time::OffsetDateTime;
+use tokio_postgres::{NoTls, Row, error::SqlState};
+use uuid::Uuid;
+
+use crate::{
+    Credential, Migration, MigrationReport, NewSession, NewUser, Result, Role, Rotation, Session, Store,
+    StoreError, User, migrate,
+};
+
+/// How long a request waits for a connection, or to open one, before the
+/// store reports the database unavailable (503) instead of hanging.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Key of the advisory lock that serialises concurrent migration runs
+/// (several admin replicas starting at once). ASCII "bouncer!".
+const MIGRATION_LOCK: i64 = 0x626f_756e_6365_7221;
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Builds the pool; connections open lazily, so this succeeds while the
+    /// database is down and the first call reports `Unavailable`.
+    pub fn connect(url: &str, max_connections: usize) -> Result<Self> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
+        config.connect_timeout(POOL_TIMEOUT);
+        if config.get_application_name().is_none() {
+            config.application_name("bouncer-admin");
+        }
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(max_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot build connection pool: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    /// Applies `migrations` (the real list, or a test's) to this database.
+    pub async fn migrate_with(&self, migrations: &[Migration]) -> Result<MigrationReport> {
+        let mut client = self.client().await?;
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version    integer PRIMARY KEY,
+                     name       text NOT NULL,
+                     checksum   text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await
+            .map_err(pg_err)?;
+        // Session-level lock: a second replica waits here, then finds nothing pending.
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_err)?;
+        let result = apply_pending(&mut client, migrations).await;
+        let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+        let report = result?;
+        unlock.map_err(pg_err)?;
+        Ok(report)
+    }
+}
+
+async fn apply_pending(
+    client: &mut deadpool_postgres::Object,
+    migrations: &[Migration],
+) -> Result<MigrationReport> {
+    let recorded: Vec<(u32, String)> = client
+        .query("SELECT version, checksum FROM schema_migrations ORDER BY version", &[])
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+        .collect();
+    let mut current = recorded.iter().map(|(v, _)| *v).max().unwrap_or(0);
+    let mut applied = Vec::new();
+    for m in migrate::pending(migrations, &recorded)? {
+        let failed = |e: tokio_postgres::Error| StoreError::MigrationFailed {
+            version: m.version,
+            name: m.name.to_owned(),
+            reason: describe(&e),
+        };
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.batch_execute(m.sql).await.map_err(failed)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+            &[&(m.version as i32), &m.name, &m.checksum()],
+        )
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+        applied.push(m.version);
+        current = current.max(m.version);
+    }
+    Ok(MigrationReport { applied, current })
+}
+
+/// Maps a driver error: lost connections are `Unavailable` (503), unique
+/// and foreign-key violations become domain errors, the rest `Database`.
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::UNIQUE_VIOLATION && db.constraint() == Some("users_email_key_unique") {
+            return StoreError::EmailTaken;
+        }
+        let unavailable = code.code().starts_with("08")
+            || [SqlState::ADMIN_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW, SqlState::TOO_MANY_CONNECTIONS]
+                .contains(code);
+        if unavailable {
+            return StoreError::Unavailable(describe(&e));
+        }
+        return StoreError::Database(describe(&e));
+    }
+    let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
+        StoreError::Unavailable(describe(&e))
+    } else {
+        StoreError::Database(describe(&e))
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+const USER_COLUMNS: &str = "u.id, u.email, u.created_at, u.revoked_before, u.banned_at, u.password_hash,
+    COALESCE((SELECT array_agg(r.role ORDER BY r.role) FROM user_roles r WHERE r.user_id = u.id), '{}') AS roles";
+
+fn user_from(row: &Row) -> User {
+    User {
+        id: row.get("id"),
+        email: row.get("email"),
+        roles: row.get("roles"),
+        created_at: row.get("created_at"),
+        revoked_before: row.get("revoked_before"),
+        banned_at: row.get("banned_at"),
+    }
+}
+
+fn credential_from(row: &Row) -> Credential {
+    Credential { user: user_from(row), password_hash: row.get("password_hash") }
+}
+
+fn session_from(row: &Row) -> Session {
+    Session {
+        id: row.get("session_id"),
+        user_id: row.get("id"),
+        created_at: row.get("session_created_at"),
+        expires_at: row.get("expires_at"),
+        revoked_at: row.get("revoked_at"),
+    }
+}
+
+async fn session_with_user<C: GenericClient>(client: &C, id: Uuid) -> Result<Option<(Session, User)>> {
+    let sql = format!(
+        "SELECT {USER_COLUMNS}, s.id AS session_id, s.created_at AS session_created_at, s.expires_at, s.revoked_at
+           FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1"
+    );
+    let stmt = client.prepare_cached(&sql).await.map_err(pg_err)?;
+    let row = client.query_opt(&stmt, &[&id]).await.map_err(pg_err)?;
+    Ok(row.map(|r| (session_from(&r), user_from(&r))))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> Result<MigrationReport> {
+        self.migrate_with(migrate::POSTGRES).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.client().await?.simple_query("SELECT 1").await.map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, new: NewUser) -> Result<User> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let known: Vec<String> = tx
+            .query("SELECT name FROM roles WHERE name = ANY($1)", &[&new.roles])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(missing) = new.roles.iter().find(|r| !known.contains(r)) {
+            return Err(StoreError::UnknownRole(missing.clone()));
+        }
+        tx.execute(
+            "INSERT INTO users (id, email, email_key, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&new.id, &new.email.as_str(), &new.email.key(), &new.password_hash, &new.now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO user_roles (user_id, role) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+            &[&new.id, &new.roles],
+        )
+        .await
+        .map_err(pg_err)?;
+        let row = tx
+            .query_one(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"), &[&new.id])
+            .await
+            .map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(user_from(&row))
+    }
+
+    async fn user(&self, id: Uuid) -> Result<Option<User>> {
+        Ok(self.credential(id).await?.map(|c| c.user))
+    }
+
+    async fn credential_by_email(&self, email_key: &str) -> Result<Option<Credential>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.email_key = $1"))
+            .await
+            .map_err(pg_err)?;
+        Ok(client.query_opt(&stmt, &[&email_key]).await.map_err(pg_err)?.as_ref().map(credential_from))
+    }
+
+    async fn credential(&self, id: Uuid) -> Result<Option<Credential>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"))
+            .await
+            .map_err(pg_err)?;
+        Ok(client.query_opt(&stmt, &[&id]).await.map_err(pg_err)?.as_ref().map(credential_from))
+    }
+
+    async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash])
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn change_password(
+        &self,
+        id: Uuid,
+        hash: &str,
+        keep_session: Option<Uuid>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Uuid>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash])
+            .await
+            .map_err(pg_err)?;
+        let revoked = tx
+            .query(
+                "UPDATE sessions SET revoked_at = $3, revoke_reason = 'password_changed'
+                  WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 RETURNING id",
+                &[&id, &keep_session, &now],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().await.map_err(pg_err)?;
+        Ok(revoked)
+    }
+
+    async fn create_session(&self, new: NewSession) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let s = tx
+            .prepare_cached(
+                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .await
+            .map_err(pg_err)?;
+        tx.execute(&s, &[&new.id, &new.user_id, &new.now, &new.expires_at]).await.map_err(pg_err)?;
+        let t = tx
+            .prepare_cached("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)")
+            .await
+            .map_err(pg_err)?;
+        tx.execute(&t, &[&&new.refresh_token.0[..], &new.id, &new.now]).await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn session(&self, id: Uuid) -> Result<Option<(Session, User)>> {
+        session_with_user(&self.client().await?, id).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: TokenHash,
+        next: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Rotation> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // The conditional update is the race arbiter: the row lock makes a
+        // concurrent second caller wait, then see rotated_at set and match nothing.
+        let spend = tx
+            .prepare_cached(
+                "UPDATE refresh_tokens SET rotated_at = $2 WHERE hash = $1 AND rotated_at IS NULL RETURNING session_id",
+            )
+            .await
+            .map_err(pg_err)?;
+        let spent = tx.query_opt(&spend, &[&&presented.0[..], &now]).await.map_err(pg_err)?;
+        let Some(row) = spent else {
+            let seen = tx
+                .query_opt("SELECT session_id FROM refresh_tokens WHERE hash = $1", &[&&presented.0[..]])
+                .await
+                .map_err(pg_err)?;
+            let Some(seen) = seen else { return Ok(Rotation::Invalid) };
+            let session_id: Uuid = seen.get(0);
+            let user_id: Uuid = tx
+                .query_one(
+                    "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2),
+                            revoke_reason = COALESCE(revoke_reason, 'reuse_detected')
+                      WHERE id = $1 RETURNING user_id",
+                    &[&session_id, &now],
+                )
+                .await
+                .map_err(pg_err)?
+                .get(0);
+            tx.commit().await.map_err(pg_err)?;
+            return Ok(Rotation::Reused { session_id, user_id });
+        };
+        let session_id: Uuid = row.get(0);
+        let Some((session, user)) = session_with_user(&tx, session_id).await? else {
+            return Ok(Rotation::Invalid);
+        };
+        if !session.is_live(now) || user.is_banned() {
+            // Dropping the transaction rolls the spend back: nothing changes.
+            return Ok(Rotation::Invalid);
+        }
+        let insert = tx
+            .prepare_cached("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)")
+            .await
+            .map_err(pg_err)?;
+        tx.execute(&insert, &[&&next.0[..], &session_id, &now]).await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Rotation::Rotated { session, user })
+    }
+
+    async fn revoke_session_by_token(
+        &self,
+        presented: TokenHash,
+        now: OffsetDateTime,
+    ) -> Result<Option<Uuid>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2),
+                        revoke_reason = COALESCE(s.revoke_reason, 'logout')
+                   FROM refresh_tokens t WHERE t.hash = $1 AND s.id = t.session_id RETURNING s.id",
+                &[&&presented.0[..], &now],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn revoke_all_sessions(&self, user_id: Uuid, now: OffsetDateTime) -> Result<Vec<Uuid>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("UPDATE users SET revoked_before = $2 WHERE id = $1", &[&user_id, &now])
+            .await
+            .map_err(pg_err)?;
+        let ids = tx
+            .query(
+                "UPDATE sessions SET revoked_at = $2, revoke_reason = 'logout_all'
+                  WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+                &[&user_id, &now],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().await.map_err(pg_err)?;
+        Ok(ids)
+    }
+
+    async fn record_login_failure(
+        &self,
+        keys: &[String],
+        now: OffsetDateTime,
+        forget_before: OffsetDateTime,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute("INSERT INTO login_failures (key, at) SELECT unnest($1::text[]), $2", &[&keys, &now])
+            .await
+            .map_err(pg_err)?;
+        tx.execute("DELETE FROM login_failures WHERE at < $1", &[&forget_before]).await.map_err(pg_err)?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn login_failures(&self, key: &str, since: OffsetDateTime) -> Result<FailureWindow> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT count(*), min(at) FROM login_failures WHERE key = $1 AND at >= $2")
+            .await
+            .map_err(pg_err)?;
+        let row = client.query_one(&stmt, &[&key, &since]).await.map_err(pg_err)?;
+        Ok(FailureWindow { count: row.get::<_, i64>(0) as u32, oldest: row.get(1) })
+    }
+
+    async fn clear_login_failures(&self, key: &str) -> Result<()> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM login_failures WHERE key = $1", &[&key]).await.map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn roles(&self) -> Result<Vec<Role>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT name, description, builtin FROM roles ORDER BY name", &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| Role { name: r.get(0), description: r.get(1), builtin: r.get(2) }).collect())
+    }
+}

@@ -1,0 +1,371 @@
+//! The store conformance suite: every test runs against SQLite and against
+//! PostgreSQL (a fresh database per test), so the two backends cannot drift.
+
+use std::{sync::Arc, time::Duration};
+
+use bouncer_core::{email::Email, token::RefreshToken};
+use bouncer_store::{
+    Migration, NewSession, NewUser, Rotation, Store, StoreError, postgres::PgStore, sqlite::SqliteStore,
+    testing::TestDatabase,
+};
+use time::{OffsetDateTime, macros::datetime};
+use uuid::Uuid;
+
+/// Keeps whatever backs a store alive for the test's duration.
+#[allow(dead_code)]
+enum Guard {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestDatabase),
+}
+
+async fn sqlite() -> (Arc<dyn Store>, Guard) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("nested/bouncer.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    (Arc::new(store), Guard::Sqlite(dir))
+}
+
+async fn postgres() -> (Arc<dyn Store>, Guard) {
+    let db = TestDatabase::create().await;
+    let store = PgStore::connect(&db.url, 8).unwrap();
+    store.migrate().await.unwrap();
+    (Arc::new(store), Guard::Postgres(db))
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let (store, _guard) = super::sqlite().await;
+                super::$test(store).await;
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                let (store, _guard) = super::postgres().await;
+                super::$test(store).await;
+            })*
+        }
+    };
+}
+
+conformance!(
+    migrate_is_idempotent_and_seeds_builtin_roles,
+    users_are_unique_by_case_folded_email,
+    unknown_role_creates_nothing,
+    refresh_tokens_rotate_once,
+    reused_refresh_token_revokes_the_session,
+    concurrent_rotation_has_exactly_one_winner,
+    expired_session_does_not_rotate_or_spend,
+    logout_revokes_only_that_session,
+    logout_all_revokes_every_session_and_sets_revoked_before,
+    password_change_keeps_the_current_session,
+    login_failures_count_within_the_window,
+    ping_answers,
+);
+
+const T0: OffsetDateTime = datetime!(2026-03-01 10:00 UTC);
+
+fn token(seed: u8) -> RefreshToken {
+    RefreshToken::from_random([seed; 32])
+}
+
+async fn new_user(store: &Arc<dyn Store>, email: &str) -> bouncer_store::User {
+    store
+        .create_user(NewUser {
+            id: Uuid::now_v7(),
+            email: Email::parse(email).unwrap(),
+            password_hash: "$argon2id$fake".into(),
+            roles: vec!["user".into()],
+            now: T0,
+        })
+        .await
+        .unwrap()
+}
+
+async fn new_session(store: &Arc<dyn Store>, user_id: Uuid, seed: u8) -> Uuid {
+    let id = Uuid::now_v7();
+    store
+        .create_session(NewSession {
+            id,
+            user_id,
+            refresh_token: token(seed).hash(),
+            now: T0,
+            expires_at: T0 + Duration::from_secs(3600),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+async fn migrate_is_idempotent_and_seeds_builtin_roles(store: Arc<dyn Store>) {
+    let again = store.migrate().await.unwrap();
+    assert!(again.applied.is_empty(), "second run applied {:?}", again.applied);
+    assert!(again.current >= 1);
+    let roles: Vec<_> = store.roles().await.unwrap().into_iter().map(|r| (r.name, r.builtin)).collect();
+    assert_eq!(roles, [("admin".into(), true), ("service".into(), true), ("user".into(), true)]);
+}
+
+async fn users_are_unique_by_case_folded_email(store: Arc<dyn Store>) {
+    let user = new_user(&store, "  Alice@Example.com ").await;
+    assert_eq!(user.email, "Alice@Example.com");
+    assert_eq!(user.roles, ["user"]);
+    assert_eq!(user.created_at, T0);
+    let dup = store
+        .create_user(NewUser {
+            id: Uuid::now_v7(),
+            email: Email::parse("ALICE@example.COM").unwrap(),
+            password_hash: "x".into(),
+            roles: vec![],
+            now: T0,
+        })
+        .await;
+    assert!(matches!(dup, Err(StoreError::EmailTaken)), "expected EmailTaken, got {dup:?}");
+    let found = store.credential_by_email("alice@example.com").await.unwrap().expect("lookup by key");
+    assert_eq!(found.user, user);
+    assert_eq!(found.password_hash, "$argon2id$fake");
+    assert_eq!(store.user(user.id).await.unwrap(), Some(user.clone()));
+    assert_eq!(store.user(Uuid::now_v7()).await.unwrap(), None);
+    store.set_password_hash(user.id, "$argon2id$new").await.unwrap();
+    assert_eq!(store.credential(user.id).await.unwrap().unwrap().password_hash, "$argon2id$new");
+}
+
+async fn unknown_role_creates_nothing(store: Arc<dyn Store>) {
+    let result = store
+        .create_user(NewUser {
+            id: Uuid::now_v7(),
+            email: Email::parse("bob@example.com").unwrap(),
+            password_hash: "x".into(),
+            roles: vec!["user".into(), "wizard".into()],
+            now: T0,
+        })
+        .await;
+    assert!(matches!(&result, Err(StoreError::UnknownRole(r)) if r == "wizard"), "got {result:?}");
+    assert_eq!(store.credential_by_email("bob@example.com").await.unwrap(), None);
+}
+
+async fn refresh_tokens_rotate_once(store: Arc<dyn Store>) {
+    let user = new_user(&store, "carol@example.com").await;
+    let sid = new_session(&store, user.id, 1).await;
+    let later = T0 + Duration::from_secs(60);
+    match store.rotate_refresh_token(token(1).hash(), token(2).hash(), later).await.unwrap() {
+        Rotation::Rotated { session, user: u } => {
+            assert_eq!(session.id, sid);
+            assert_eq!(
+                session.expires_at,
+                T0 + Duration::from_secs(3600),
+                "rotation must not extend the session"
+            );
+            assert_eq!(u.id, user.id);
+        }
+        other => panic!("expected Rotated, got {other:?}"),
+    }
+    let next = store.rotate_refresh_token(token(2).hash(), token(3).hash(), later).await.unwrap();
+    assert!(matches!(next, Rotation::Rotated { .. }), "the rotated-to token must work, got {next:?}");
+    let unknown = store.rotate_refresh_token(token(99).hash(), token(100).hash(), later).await.unwrap();
+    assert_eq!(unknown, Rotation::Invalid);
+    let (session, _) = store.session(sid).await.unwrap().unwrap();
+    assert!(session.is_live(later));
+}
+
+async fn reused_refresh_token_revokes_the_session(store: Arc<dyn Store>) {
+    let user = new_user(&store, "dave@example.com").await;
+    let sid = new_session(&store, user.id, 1).await;
+    let now = T0 + Duration::from_secs(10);
+    store.rotate_refresh_token(token(1).hash(), token(2).hash(), now).await.unwrap();
+    let replay = store.rotate_refresh_token(token(1).hash(), token(3).hash(), now).await.unwrap();
+    assert_eq!(replay, Rotation::Reused { session_id: sid, user_id: user.id });
+    let (session, _) = store.session(sid).await.unwrap().unwrap();
+    assert_eq!(session.revoked_at, Some(now));
+    let legit = store.rotate_refresh_token(token(2).hash(), token(4).hash(), now).await.unwrap();
+    assert_eq!(legit, Rotation::Invalid, "the family must die with the reuse");
+}
+
+async fn concurrent_rotation_has_exactly_one_winner(store: Arc<dyn Store>) {
+    let user = new_user(&store, "erin@example.com").await;
+    new_session(&store, user.id, 1).await;
+    let now = T0 + Duration::from_secs(5);
+    let tasks: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.rotate_refresh_token(token(1).hash(), token(10 + i).hash(), now).await
+            })
+        })
+        .collect();
+    let mut rotated = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Rotation::Rotated { .. } => rotated += 1,
+            Rotation::Reused { .. } => {}
+            Rotation::Invalid => panic!("a concurrent loser must be seen as reuse, not as unknown"),
+        }
+    }
+    assert_eq!(rotated, 1, "exactly one of eight concurrent rotations may win");
+}
+
+async fn expired_session_does_not_rotate_or_spend(store: Arc<dyn Store>) {
+    let user = new_user(&store, "frank@example.com").await;
+    new_session(&store, user.id, 1).await;
+    let after = T0 + Duration::from_secs(3600);
+    assert_eq!(
+        store.rotate_refresh_token(token(1).hash(), token(2).hash(), after).await.unwrap(),
+        Rotation::Invalid
+    );
+    // The refused attempt rolled back: presenting it again is not "reuse".
+    assert_eq!(
+        store.rotate_refresh_token(token(1).hash(), token(3).hash(), after).await.unwrap(),
+        Rotation::Invalid
+    );
+}
+
+async fn logout_revokes_only_that_session(store: Arc<dyn Store>) {
+    let user = new_user(&store, "gina@example.com").await;
+    let a = new_session(&store, user.id, 1).await;
+    let b = new_session(&store, user.id, 2).await;
+    let now = T0 + Duration::from_secs(1);
+    assert_eq!(store.revoke_session_by_token(token(1).hash(), now).await.unwrap(), Some(a));
+    assert_eq!(store.revoke_session_by_token(token(1).hash(), now).await.unwrap(), Some(a), "idempotent");
+    assert_eq!(store.revoke_session_by_token(token(77).hash(), now).await.unwrap(), None);
+    assert!(!store.session(a).await.unwrap().unwrap().0.is_live(now));
+    assert!(store.session(b).await.unwrap().unwrap().0.is_live(now));
+    assert_eq!(
+        store.rotate_refresh_token(token(1).hash(), token(3).hash(), now).await.unwrap(),
+        Rotation::Invalid
+    );
+}
+
+async fn logout_all_revokes_every_session_and_sets_revoked_before(store: Arc<dyn Store>) {
+    let user = new_user(&store, "hank@example.com").await;
+    let mut sids = vec![new_session(&store, user.id, 1).await, new_session(&store, user.id, 2).await];
+    let other = new_user(&store, "ivy@example.com").await;
+    let bystander = new_session(&store, other.id, 3).await;
+    let now = T0 + Duration::from_millis(2_500);
+    let mut revoked = store.revoke_all_sessions(user.id, now).await.unwrap();
+    revoked.sort();
+    sids.sort();
+    assert_eq!(revoked, sids);
+    let after = store.user(user.id).await.unwrap().unwrap();
+    assert_eq!(after.revoked_before, Some(now));
+    assert!(after.token_revoked(T0.unix_timestamp() + 1));
+    assert!(!after.token_revoked(T0.unix_timestamp() + 2), "same-second tokens are caught by their sid");
+    assert!(store.session(bystander).await.unwrap().unwrap().0.is_live(now));
+}
+
+async fn password_change_keeps_the_current_session(store: Arc<dyn Store>) {
+    let user = new_user(&store, "jo@example.com").await;
+    let keep = new_session(&store, user.id, 1).await;
+    let other = new_session(&store, user.id, 2).await;
+    let now = T0 + Duration::from_secs(3);
+    let revoked = store.change_password(user.id, "$argon2id$changed", Some(keep), now).await.unwrap();
+    assert_eq!(revoked, [other]);
+    assert!(store.session(keep).await.unwrap().unwrap().0.is_live(now));
+    assert_eq!(store.credential(user.id).await.unwrap().unwrap().password_hash, "$argon2id$changed");
+    let all = store.change_password(user.id, "$argon2id$again", None, now).await.unwrap();
+    assert_eq!(all, [keep]);
+}
+
+async fn login_failures_count_within_the_window(store: Arc<dyn Store>) {
+    let keys = ["account:a@example.com".to_owned(), "ip:192.0.2.1".to_owned()];
+    for s in 0..3 {
+        let at = T0 + Duration::from_secs(s * 60);
+        store.record_login_failure(&keys, at, at - Duration::from_secs(900)).await.unwrap();
+    }
+    let w = store.login_failures(&keys[0], T0).await.unwrap();
+    assert_eq!((w.count, w.oldest), (3, Some(T0)));
+    let w = store.login_failures(&keys[1], T0 + Duration::from_secs(60)).await.unwrap();
+    assert_eq!((w.count, w.oldest), (2, Some(T0 + Duration::from_secs(60))));
+    // A later failure prunes everything older than its window, for all keys.
+    let late = T0 + Duration::from_secs(3600);
+    store.record_login_failure(&keys[..1], late, late - Duration::from_secs(900)).await.unwrap();
+    assert_eq!(store.login_failures(&keys[1], T0).await.unwrap().count, 0);
+    store.clear_login_failures(&keys[0]).await.unwrap();
+    let w = store.login_failures(&keys[0], T0).await.unwrap();
+    assert_eq!((w.count, w.oldest), (0, None));
+}
+
+async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.unwrap();
+}
+
+// Backend-specific: a failing migration must leave the schema as it was.
+
+static BROKEN_PG: [Migration; 2] = [
+    bouncer_store::migrate::POSTGRES[0],
+    Migration {
+        version: 2,
+        name: "broken",
+        sql: "CREATE TABLE canary (x int); SELECT * FROM no_such_table;",
+    },
+];
+static BROKEN_SQLITE: [Migration; 2] = [
+    bouncer_store::migrate::SQLITE[0],
+    Migration {
+        version: 2,
+        name: "broken",
+        sql: "CREATE TABLE canary (x int); SELECT * FROM no_such_table;",
+    },
+];
+
+#[tokio::test]
+async fn failed_postgres_migration_leaves_the_schema_unchanged() {
+    let db = TestDatabase::create().await;
+    let store = PgStore::connect(&db.url, 2).unwrap();
+    let err = store.migrate_with(&BROKEN_PG).await.unwrap_err();
+    assert!(matches!(err, StoreError::MigrationFailed { version: 2, .. }), "got {err:?}");
+    assert!(err.to_string().contains("no_such_table"), "{err}");
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let canary: bool =
+        client.query_one("SELECT to_regclass('canary') IS NOT NULL", &[]).await.unwrap().get(0);
+    assert!(!canary, "the failed migration's table must not exist");
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM schema_migrations", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1]);
+    // The real list still applies cleanly afterwards.
+    assert_eq!(store.migrate().await.unwrap().current as usize, bouncer_store::migrate::POSTGRES.len());
+}
+
+#[tokio::test]
+async fn failed_sqlite_migration_leaves_the_schema_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let err = store.migrate_with(&BROKEN_SQLITE).await.unwrap_err();
+    assert!(matches!(err, StoreError::MigrationFailed { version: 2, .. }), "got {err:?}");
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let canary: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'canary'", [], |r| r.get(0)).unwrap();
+    assert_eq!(canary, 0, "the failed migration's table must not exist");
+    let max: i64 = conn.query_row("SELECT max(version) FROM schema_migrations", [], |r| r.get(0)).unwrap();
+    assert_eq!(max, 1);
+}
+
+#[tokio::test]
+async fn edited_migration_is_refused() {
+    static EDITED: [Migration; 1] =
+        [Migration { version: 1, name: "identity", sql: "CREATE TABLE something_else (x int);" }];
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("b.db")).await.unwrap();
+    store.migrate().await.unwrap();
+    let err = store.migrate_with(&EDITED).await.unwrap_err();
+    assert!(matches!(err, StoreError::MigrationEdited { version: 1, .. }), "got {err:?}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.db");
+    SqliteStore::open(&path).await.unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+}
