@@ -25,28 +25,20 @@ impl Migration {
 }
 
 macro_rules! migration {
-    ($backend:literal, $version:literal, $name:literal) => {
+    ($version:literal, $name:literal, $file:literal) => {
         Migration {
             version: $version,
             name: $name,
-            sql: include_str!(concat!(
-                "../../../migrations/",
-                $backend,
-                "/",
-                stringify!($version),
-                "_",
-                $name,
-                ".sql"
-            )),
+            sql: include_str!(concat!("../../../migrations/", $file)),
         }
     };
 }
 
 /// Migrations of the PostgreSQL store, in order.
-pub const POSTGRES: &[Migration] = &[migration!("postgres", 0001, "identity")];
+pub const POSTGRES: &[Migration] = &[migration!(1, "identity", "postgres/0001_identity.sql")];
 
 /// Migrations of the SQLite store, in order.
-pub const SQLITE: &[Migration] = &[migration!("sqlite", 0001, "identity")];
+pub const SQLITE: &[Migration] = &[migration!(1, "identity", "sqlite/0001_identity.sql")];
 
 /// What a migration run did.
 #[derive(Clone, Debug, PartialEq, Eq)]
