@@ -1,1 +1,119 @@
-//! placeholder
+//! The admin service: accounts, passwords, sessions and signing keys over HTTP.
+//!
+//! [`router`] builds the whole axum application from an [`AppState`]; tests
+//! drive it directly and the `bouncer` binary serves it with [`serve`].
+//! Handlers live in [`routes`], one module per area; every failure is an
+//! [`error::ApiError`] rendered once as problem+json.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod extract;
+pub mod keys;
+pub mod metrics;
+pub mod passwords;
+pub mod request_id;
+pub mod routes;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{Router, middleware};
+use bouncer_core::{claims::Expectations, config::AdminConfig};
+use bouncer_store::Store;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+
+use crate::{keys::KeyStore, metrics::Metrics, passwords::Passwords};
+
+/// Shared state of every request; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: AdminConfig,
+    pub store: Arc<dyn Store>,
+    pub keys: KeyStore,
+    pub passwords: Passwords,
+    pub metrics: Metrics,
+    pub expectations: Expectations,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Loads (or creates) the signing keys and prepares the hasher. The
+    /// store must already be migrated.
+    pub fn new(config: AdminConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+        let keys =
+            KeyStore::open(&config.keys_dir, config.access_token_ttl.get(), OffsetDateTime::now_utc())?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let passwords = Passwords::new(config.password.hash, cores)?;
+        let expectations = Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() };
+        Ok(Self(Arc::new(Inner {
+            config,
+            store,
+            keys,
+            passwords,
+            metrics: Metrics::default(),
+            expectations,
+        })))
+    }
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), request_id::track))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets
+/// in-flight requests finish for at most `grace`. Also reloads signing keys
+/// in the background so `bouncer keys rotate` takes effect without restart.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let reload = tokio::spawn(reload_keys(state.clone()));
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stopping = stop_rx.clone();
+    let deadline = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        r = server => r,
+        () = deadline => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace elapsed; dropping in-flight requests");
+            Ok(())
+        }
+    };
+    reload.abort();
+    result
+}
+
+async fn reload_keys(state: AppState) {
+    let mut tick = tokio::time::interval(keys::RELOAD_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match state.keys.reload() {
+            Ok(true) => tracing::info!(kid = %state.keys.signing_kid(), "signing keys reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot reload signing keys; keeping the current ones"),
+        }
+    }
+}

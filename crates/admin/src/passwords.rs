@@ -1,0 +1,179 @@
+//! Argon2id hashing off the async runtime, with bounded concurrency.
+//!
+//! Hashing is CPU-bound (~40 ms at the defaults), so it runs on tokio's
+//! blocking pool behind a semaphore with one permit per core: a login flood
+//! queues here instead of starving every other endpoint, and past
+//! [`MAX_QUEUED_PER_PERMIT`] waiters per permit new work is shed with 503
+//! rather than queued beyond any client's patience.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use argon2::{
+    Algorithm, Argon2, Params, Version,
+    password_hash::{PasswordHasher as _, PasswordVerifier as _, phc::PasswordHash},
+};
+use bouncer_core::password::HashParams;
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+
+/// Waiters allowed per permit before hashing requests are refused.
+pub const MAX_QUEUED_PER_PERMIT: usize = 64;
+
+/// Result of checking a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub matches: bool,
+    /// The stored hash uses other parameters than configured: rehash it.
+    pub needs_rehash: bool,
+}
+
+/// The shared hasher.
+pub struct Passwords {
+    params: Params,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    queued: AtomicUsize,
+    /// A real hash of a random password, verified for unknown emails so they
+    /// cost the same time as a wrong password.
+    dummy: String,
+}
+
+impl Passwords {
+    /// Builds the hasher with `permits` concurrent hashes (usually the core
+    /// count). Computes the dummy hash, so it takes one hash's time.
+    pub fn new(config: HashParams, permits: usize) -> Result<Self, ApiError> {
+        let params = Params::new(config.memory_kib, config.iterations, config.parallelism, None)
+            .map_err(|e| ApiError::Internal(format!("invalid Argon2 parameters: {e}")))?;
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let dummy = hash_blocking(&params, &hex::encode(random))?;
+        let permits = permits.max(1);
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(permits)),
+            capacity: permits * MAX_QUEUED_PER_PERMIT,
+            queued: AtomicUsize::new(0),
+            dummy,
+        })
+    }
+
+    /// Hashes a new password.
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let params = self.params.clone();
+        self.run(move || hash_blocking(&params, &password)).await?
+    }
+
+    /// Checks `password` against a stored PHC string. A hash that does not
+    /// parse counts as a mismatch (and is logged), never as a match.
+    pub async fn verify(&self, password: String, stored: String) -> Result<Verified, ApiError> {
+        let params = self.params.clone();
+        self.run(move || verify_blocking(&params, &password, &stored)).await
+    }
+
+    /// Spends the same work as [`Self::verify`] on the dummy hash; always a mismatch.
+    pub async fn verify_dummy(&self, password: String) -> Result<(), ApiError> {
+        let stored = self.dummy.clone();
+        let params = self.params.clone();
+        self.run(move || verify_blocking(&params, &password, &stored)).await.map(drop)
+    }
+
+    /// Hashes waiting for a permit right now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::Overloaded);
+        }
+        let permit = self.permits.clone().acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let permit = permit.map_err(|_| ApiError::Internal("hasher closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))
+    }
+}
+
+fn argon(params: &Params) -> Argon2<'static> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+}
+
+fn hash_blocking(params: &Params, password: &str) -> Result<String, ApiError> {
+    argon(params)
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| ApiError::Internal(format!("hashing failed: {e}")))
+}
+
+fn verify_blocking(params: &Params, password: &str, stored: &str) -> Verified {
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        tracing::error!("stored password hash is not a PHC string; treating as mismatch");
+        return Verified { matches: false, needs_rehash: true };
+    };
+    let matches = argon(params).verify_password(password.as_bytes(), &parsed).is_ok();
+    let current = parsed.algorithm.as_str() == "argon2id"
+        && Params::try_from(&parsed).is_ok_and(|p| {
+            p.m_cost() == params.m_cost() && p.t_cost() == params.t_cost() && p.p_cost() == params.p_cost()
+        });
+    Verified { matches, needs_rehash: !current }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> HashParams {
+        HashParams { memory_kib: 64, iterations: 1, parallelism: 1 }
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_and_report_parameter_changes() {
+        let p = Passwords::new(cheap(), 2).unwrap();
+        let hash = p.hash("correct horse battery".into()).await.unwrap();
+        assert!(hash.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{hash}");
+        let ok = p.verify("correct horse battery".into(), hash.clone()).await.unwrap();
+        assert_eq!(ok, Verified { matches: true, needs_rehash: false });
+        let wrong = p.verify("wrong horse battery".into(), hash.clone()).await.unwrap();
+        assert!(!wrong.matches);
+        let stronger = Passwords::new(HashParams { memory_kib: 128, ..cheap() }, 1).unwrap();
+        let old = stronger.verify("correct horse battery".into(), hash).await.unwrap();
+        assert_eq!(old, Verified { matches: true, needs_rehash: true }, "old hashes still verify");
+    }
+
+    #[tokio::test]
+    async fn garbage_hashes_never_match() {
+        let p = Passwords::new(cheap(), 1).unwrap();
+        let v = p.verify("x".into(), "not a hash".into()).await.unwrap();
+        assert!(!v.matches);
+        p.verify_dummy("anything".into()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sheds_load_beyond_the_queue() {
+        let p = Arc::new(Passwords::new(cheap(), 1).unwrap());
+        let hold = p.permits.clone().acquire_owned().await.unwrap();
+        let waiting: Vec<_> = (0..MAX_QUEUED_PER_PERMIT)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.verify_dummy("x".into()).await })
+            })
+            .collect();
+        while p.queued() < MAX_QUEUED_PER_PERMIT {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(p.verify_dummy("x".into()).await, Err(ApiError::Overloaded)));
+        drop(hold);
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+    }
+}
