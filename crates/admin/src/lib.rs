@@ -105,10 +105,26 @@ pub async fn serve(
     result
 }
 
+/// Re-reads `keys_dir` every [`keys::RELOAD_INTERVAL`], and at once on SIGHUP.
 async fn reload_keys(state: AppState) {
     let mut tick = tokio::time::interval(keys::RELOAD_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; keys reload on the timer only"))
+        .ok();
     loop {
+        #[cfg(unix)]
+        match hangup.as_mut() {
+            Some(hup) => tokio::select! {
+                _ = tick.tick() => {}
+                _ = hup.recv() => tracing::info!("SIGHUP: reloading signing keys"),
+            },
+            None => {
+                tick.tick().await;
+            }
+        }
+        #[cfg(not(unix))]
         tick.tick().await;
         match state.keys.reload() {
             Ok(true) => tracing::info!(kid = %state.keys.signing_kid(), "signing keys reloaded"),

@@ -25,6 +25,7 @@ pub struct Metrics {
     logouts: Family<Outcome, Counter>,
     signups: Counter,
     password_changes: Counter,
+    password_verifications: Counter,
     hash_queue: Gauge,
 }
 
@@ -38,6 +39,7 @@ impl Default for Metrics {
             logouts: Family::default(),
             signups: Counter::default(),
             password_changes: Counter::default(),
+            password_verifications: Counter::default(),
             hash_queue: Gauge::default(),
             registry: Registry::default(),
         };
@@ -55,6 +57,11 @@ impl Default for Metrics {
         registry.register("logouts", "Logouts by kind (session, all)", m.logouts.clone());
         registry.register("signups", "Accounts created through signup", m.signups.clone());
         registry.register("password_changes", "Passwords changed by their owner", m.password_changes.clone());
+        registry.register(
+            "password_verifications",
+            "Argon2 verifications run, including the dummy one for unknown emails",
+            m.password_verifications.clone(),
+        );
         registry.register(
             "password_hash_queue",
             "Password hashes waiting for a CPU permit",
@@ -90,6 +97,10 @@ impl Metrics {
 
     pub fn signup(&self) {
         self.signups.inc();
+    }
+
+    pub fn password_verified(&self) {
+        self.password_verifications.inc();
     }
 
     pub fn password_changed(&self) {

@@ -112,6 +112,7 @@ pub async fn login(
             Verified { matches: false, needs_rehash: false }
         }
     };
+    state.metrics.password_verified();
     let Some(credential) = credential.filter(|_| verified.matches) else {
         let window = state.config.login_throttle.window.get();
         state.store.record_login_failure(&[account_key, ip_key], now, now - window).await?;

@@ -61,6 +61,7 @@ pub async fn change_password(
     let credential =
         state.store.credential(auth.user.id).await?.ok_or(ApiError::InvalidToken("user deleted"))?;
     let verified = state.passwords.verify(body.current_password, credential.password_hash).await?;
+    state.metrics.password_verified();
     if !verified.matches {
         let window = state.config.login_throttle.window.get();
         state.store.record_login_failure(&[account_key, ip_key], now, now - window).await?;

@@ -1,0 +1,240 @@
+//! The subcommands of `bouncer` and what each one runs.
+
+use std::{
+    io::{BufRead, IsTerminal},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context, bail};
+use bouncer_admin::{AppState, keys, passwords::Passwords};
+use bouncer_core::{config::Config, email::Email};
+use bouncer_store::{NewUser, Store, StoreError};
+use clap::{Args, Parser, Subcommand};
+use time::OffsetDateTime;
+use tokio::runtime::Runtime;
+use uuid::Uuid;
+
+use crate::logging::LogFormat;
+
+/// Bouncer: an access-control gateway for the HTTP APIs you already run.
+#[derive(Debug, Parser)]
+#[command(name = "bouncer", version)]
+pub struct Cli {
+    /// Log as human-readable text (default) or as JSON lines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the admin service (users, sessions, signing keys).
+    Admin {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Do not apply pending migrations on start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user (how the first admin is made). Applies pending migrations first.
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        email: String,
+        /// Roles to grant; repeat the flag or list several.
+        #[arg(long = "role", required = true, num_args = 1..)]
+        roles: Vec<String>,
+        /// Read the password from the first line of standard input instead
+        /// of prompting on the terminal.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key; older keys keep verifying until their tokens expire.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// Service configuration file.
+    #[arg(long = "config", short = 'c', default_value = "config/bouncer.yaml")]
+    path: PathBuf,
+}
+
+impl ConfigArg {
+    /// Reads, parses and validates the file, then applies the environment.
+    fn load(&self) -> anyhow::Result<Config> {
+        load_config(&self.path)
+    }
+}
+
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut config = Config::from_yaml(&text, &path.display().to_string())?;
+    config.apply_env(|name| std::env::var(name).ok()).map_err(anyhow::Error::msg)?;
+    Ok(config)
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Admin { config, no_migrate } => run_admin(config.load()?, !no_migrate),
+        Command::Migrate { config } => migrate(config.load()?),
+        Command::User { command: UserCommand::Add { config, email, roles, password_stdin } } => {
+            add_user(config.load()?, &email, roles, password_stdin)
+        }
+        Command::Keys { command: KeysCommand::Rotate { config } } => {
+            let config = config.load()?;
+            let kid = keys::rotate(&config.admin.keys_dir, OffsetDateTime::now_utc())?;
+            println!("added signing key {kid} in {}", config.admin.keys_dir.display());
+            println!(
+                "running admin services start signing with it within {}s",
+                keys::RELOAD_INTERVAL.as_secs()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    bouncer_store::open(&config.admin.database, config.admin.max_db_connections)
+        .await
+        .context("cannot open the database")
+}
+
+fn migrate(config: Config) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = open_store(&config).await?;
+        let report = store.migrate().await?;
+        println!("applied {} migration(s); schema at version {}", report.applied.len(), report.current);
+        Ok(())
+    })
+}
+
+fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = open_store(&config).await?;
+        if migrate {
+            let report = store.migrate().await?;
+            tracing::info!(
+                applied = report.applied.len(),
+                version = report.current,
+                "database schema up to date"
+            );
+        }
+        let admin = config.admin;
+        let grace = admin.shutdown_grace.get();
+        let listener = tokio::net::TcpListener::bind(admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", admin.listen))?;
+        let addr = listener.local_addr()?;
+        let backend = store.backend();
+        let state = AppState::new(admin, store)?;
+        tracing::info!(%addr, database = backend, kid = %state.keys.signing_kid(), "admin listening");
+        bouncer_admin::serve(listener, state, shutdown_signal(), grace).await?;
+        tracing::info!("admin stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the service");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+fn add_user(config: Config, email: &str, roles: Vec<String>, password_stdin: bool) -> anyhow::Result<()> {
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
+    let password = read_password(password_stdin)?;
+    config.admin.password.check(&password).map_err(|e| anyhow::anyhow!("password: {e}"))?;
+    runtime()?.block_on(async {
+        let store = open_store(&config).await?;
+        store.migrate().await?;
+        let hash = Passwords::new(config.admin.password.hash, 1)?.hash(password).await?;
+        let new = NewUser {
+            id: Uuid::now_v7(),
+            email: email.clone(),
+            password_hash: hash,
+            roles,
+            now: OffsetDateTime::now_utc(),
+        };
+        let user = store.create_user(new).await.map_err(|e| match e {
+            StoreError::EmailTaken => anyhow::anyhow!("a user with email {} already exists", email.as_str()),
+            StoreError::UnknownRole(role) => {
+                anyhow::anyhow!("unknown role {role:?} (built-in roles: admin, user, service)")
+            }
+            other => other.into(),
+        })?;
+        println!("created user {} <{}> with roles {}", user.id, user.email, user.roles.join(","));
+        Ok(())
+    })
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("cannot read the password from stdin")?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        if password.is_empty() {
+            bail!("--password-stdin: standard input had no password");
+        }
+        return Ok(password);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to prompt for a password; pipe it in with --password-stdin");
+    }
+    let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+    let again = rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
+    if first != again {
+        bail!("the passwords did not match");
+    }
+    Ok(first)
+}

@@ -1,0 +1,22 @@
+//! Tracing setup: human text by default, JSON lines with `--log-format json`.
+//! Logs go to stderr so stdout stays for command output.
+
+use clap::ValueEnum;
+use tracing_subscriber::{EnvFilter, fmt};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

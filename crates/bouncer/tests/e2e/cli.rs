@@ -1,0 +1,52 @@
+//! The operator commands that do not need a running service.
+
+use crate::harness::{BIN, run_cli};
+
+#[tokio::test]
+async fn migrate_applies_once_and_reports_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("b.yaml");
+    std::fs::write(&config, format!("admin:\n  database: sqlite://{}/b.db\n", dir.path().display())).unwrap();
+    let first = run_cli(&config, &["migrate"], None).await;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), "applied 1 migration(s); schema at version 1");
+    let second = run_cli(&config, &["migrate"], None).await;
+    assert_eq!(String::from_utf8_lossy(&second.stdout).trim(), "applied 0 migration(s); schema at version 1");
+}
+
+#[tokio::test]
+async fn a_bad_config_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(&config, "admin:\n  listen: 127.0.0.1:0\n  colour: blue\n").unwrap();
+    let out = run_cli(&config, &["migrate"], None).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml:3:") && stderr.contains("colour"), "{stderr}");
+
+    let missing = run_cli(&dir.path().join("nope.yaml"), &["migrate"], None).await;
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"), "missing file is named");
+}
+
+#[tokio::test]
+async fn environment_overrides_the_database_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("b.yaml");
+    std::fs::write(&config, "admin:\n  database: sqlite:///nonexistent-dir/should-not-be-used.db\n").unwrap();
+    let target = dir.path().join("from-env.db");
+    let out = tokio::process::Command::new(BIN)
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .env("BOUNCER_DATABASE_URL", format!("sqlite://{}", target.display()))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(target.exists(), "the environment's database was used");
+}
+
+#[tokio::test]
+async fn version_is_printed() {
+    let out = tokio::process::Command::new(BIN).arg("--version").output().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("bouncer "));
+}
