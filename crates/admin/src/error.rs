@@ -145,6 +145,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) | ApiError::Overloaded => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            // The rest of the body was never read: the connection cannot be
+            // reused, so tell the client instead of letting it find out.
+            ApiError::PayloadTooLarge => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response

@@ -152,6 +152,13 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
                 version = report.current,
                 "database schema up to date"
             );
+        } else {
+            // Serving on an old schema would turn every request into a 500:
+            // refuse to start and say what to run instead.
+            let pending = store.pending_migrations().await?;
+            if !pending.is_empty() {
+                bail!("the database lacks migration(s) {pending:?}; run `bouncer migrate` (or start without --no-migrate)");
+            }
         }
         let admin = config.admin;
         let grace = admin.shutdown_grace.get();

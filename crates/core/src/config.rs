@@ -351,3 +351,27 @@ redis: redis://127.0.0.1:6379
         assert!(DatabaseUrl::parse("sqlite://").is_err());
     }
 }
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    /// Every configuration file shipped in config/ parses and validates.
+    #[test]
+    fn shipped_configs_are_valid() {
+        for name in ["bouncer.yaml", "production.yaml"] {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/").to_owned() + name;
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = Config::from_yaml(&text, name) {
+                panic!("config/{name} is invalid: {e}");
+            }
+        }
+        let embedded = Config::from_yaml(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/bouncer.yaml"))
+                .unwrap(),
+            "bouncer.yaml",
+        )
+        .unwrap();
+        assert_eq!(embedded.admin, AdminConfig::default(), "config/bouncer.yaml documents the defaults");
+    }
+}

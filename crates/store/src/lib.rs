@@ -61,6 +61,11 @@ pub trait Store: Send + Sync + 'static {
     /// Applies pending migrations in order, each in its own transaction.
     async fn migrate(&self) -> Result<MigrationReport>;
 
+    /// Versions this binary knows that the database has not applied yet.
+    /// Fails like [`Store::migrate`] when an applied migration was edited or
+    /// is unknown. Used by `--no-migrate` to refuse an out-of-date schema.
+    async fn pending_migrations(&self) -> Result<Vec<u32>>;
+
     /// Cheap round trip proving the database answers (readiness).
     async fn ping(&self) -> Result<()>;
 
@@ -125,8 +130,9 @@ pub trait Store: Send + Sync + 'static {
         forget_before: OffsetDateTime,
     ) -> Result<()>;
 
-    /// Failures of `key` at or after `since`.
-    async fn login_failures(&self, key: &str, since: OffsetDateTime) -> Result<FailureWindow>;
+    /// Failures of each of `keys` at or after `since`, in the order given
+    /// (one round trip for the account and IP keys of a login).
+    async fn login_failures(&self, keys: &[String], since: OffsetDateTime) -> Result<Vec<FailureWindow>>;
 
     /// Forgets the failures of `key` (after a successful login).
     async fn clear_login_failures(&self, key: &str) -> Result<()>;

@@ -192,6 +192,27 @@ impl Store for PgStore {
         self.migrate_with(migrate::POSTGRES).await
     }
 
+    async fn pending_migrations(&self) -> Result<Vec<u32>> {
+        let client = self.client().await?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('schema_migrations') IS NOT NULL", &[])
+            .await
+            .map_err(pg_err)?
+            .get(0);
+        let recorded: Vec<(u32, String)> = if exists {
+            client
+                .query("SELECT version, checksum FROM schema_migrations ORDER BY version", &[])
+                .await
+                .map_err(pg_err)?
+                .iter()
+                .map(|r| (r.get::<_, i32>(0) as u32, r.get(1)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(migrate::pending(migrate::POSTGRES, &recorded)?.iter().map(|m| m.version).collect())
+    }
+
     async fn ping(&self) -> Result<()> {
         self.client().await?.simple_query("SELECT 1").await.map_err(pg_err)?;
         Ok(())
@@ -289,21 +310,20 @@ impl Store for PgStore {
     }
 
     async fn create_session(&self, new: NewSession) -> Result<()> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_err)?;
-        let s = tx
+        let client = self.client().await?;
+        // One statement, so one round trip and implicitly one transaction.
+        let stmt = client
             .prepare_cached(
-                "INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                "WITH s AS (INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4))
+                 INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($5, $1, $3)",
             )
             .await
             .map_err(pg_err)?;
-        tx.execute(&s, &[&new.id, &new.user_id, &new.now, &new.expires_at]).await.map_err(pg_err)?;
-        let t = tx
-            .prepare_cached("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)")
+        client
+            .execute(&stmt, &[&new.id, &new.user_id, &new.now, &new.expires_at, &&new.refresh_token.0[..]])
             .await
             .map_err(pg_err)?;
-        tx.execute(&t, &[&&new.refresh_token.0[..], &new.id, &new.now]).await.map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)
+        Ok(())
     }
 
     async fn session(&self, id: Uuid) -> Result<Option<(Session, User)>> {
@@ -418,14 +438,22 @@ impl Store for PgStore {
         tx.commit().await.map_err(pg_err)
     }
 
-    async fn login_failures(&self, key: &str, since: OffsetDateTime) -> Result<FailureWindow> {
+    async fn login_failures(&self, keys: &[String], since: OffsetDateTime) -> Result<Vec<FailureWindow>> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT count(*), min(at) FROM login_failures WHERE key = $1 AND at >= $2")
+            .prepare_cached(
+                "SELECT count(f.at), min(f.at)
+                   FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n)
+                   LEFT JOIN login_failures f ON f.key = k.key AND f.at >= $2
+                  GROUP BY k.n ORDER BY k.n",
+            )
             .await
             .map_err(pg_err)?;
-        let row = client.query_one(&stmt, &[&key, &since]).await.map_err(pg_err)?;
-        Ok(FailureWindow { count: row.get::<_, i64>(0) as u32, oldest: row.get(1) })
+        let rows = client.query(&stmt, &[&keys, &since]).await.map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| FailureWindow { count: r.get::<_, i64>(0) as u32, oldest: r.get(1) })
+            .collect())
     }
 
     async fn clear_login_failures(&self, key: &str) -> Result<()> {

@@ -230,6 +230,21 @@ impl Store for SqliteStore {
         self.migrate_with(migrate::SQLITE).await
     }
 
+    async fn pending_migrations(&self) -> Result<Vec<u32>> {
+        self.with_conn(|conn| {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sqlite_err)?;
+            let recorded = if exists { recorded_migrations(conn)? } else { Vec::new() };
+            Ok(migrate::pending(migrate::SQLITE, &recorded)?.iter().map(|m| m.version).collect())
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sqlite_err)).await
     }
@@ -443,19 +458,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn login_failures(&self, key: &str, since: OffsetDateTime) -> Result<FailureWindow> {
-        let key = key.to_owned();
+    async fn login_failures(&self, keys: &[String], since: OffsetDateTime) -> Result<Vec<FailureWindow>> {
+        let keys = keys.to_vec();
         self.with_conn(move |conn| {
-            conn.prepare_cached("SELECT count(*), min(at) FROM login_failures WHERE key = ?1 AND at >= ?2")
-                .and_then(|mut s| {
-                    s.query_row(params![key, micros(since)], |r| {
+            let mut stmt = conn
+                .prepare_cached("SELECT count(*), min(at) FROM login_failures WHERE key = ?1 AND at >= ?2")
+                .map_err(sqlite_err)?;
+            keys.iter()
+                .map(|key| {
+                    stmt.query_row(params![key, micros(since)], |r| {
                         Ok(FailureWindow {
                             count: r.get::<_, i64>(0)? as u32,
                             oldest: opt_instant(r.get(1)?),
                         })
                     })
+                    .map_err(sqlite_err)
                 })
-                .map_err(sqlite_err)
+                .collect()
         })
         .await
     }

@@ -101,6 +101,7 @@ async fn new_session(store: &Arc<dyn Store>, user_id: Uuid, seed: u8) -> Uuid {
 }
 
 async fn migrate_is_idempotent_and_seeds_builtin_roles(store: Arc<dyn Store>) {
+    assert_eq!(store.pending_migrations().await.unwrap(), Vec::<u32>::new());
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "second run applied {:?}", again.applied);
     assert!(again.current >= 1);
@@ -273,17 +274,18 @@ async fn login_failures_count_within_the_window(store: Arc<dyn Store>) {
         let at = T0 + Duration::from_secs(s * 60);
         store.record_login_failure(&keys, at, at - Duration::from_secs(900)).await.unwrap();
     }
-    let w = store.login_failures(&keys[0], T0).await.unwrap();
-    assert_eq!((w.count, w.oldest), (3, Some(T0)));
-    let w = store.login_failures(&keys[1], T0 + Duration::from_secs(60)).await.unwrap();
-    assert_eq!((w.count, w.oldest), (2, Some(T0 + Duration::from_secs(60))));
+    let w = store.login_failures(&keys, T0).await.unwrap();
+    assert_eq!(w.iter().map(|w| (w.count, w.oldest)).collect::<Vec<_>>(), [(3, Some(T0)), (3, Some(T0))]);
+    let later = T0 + Duration::from_secs(60);
+    let w = store.login_failures(&[keys[1].clone(), "ip:unseen".into()], later).await.unwrap();
+    assert_eq!(w.iter().map(|w| (w.count, w.oldest)).collect::<Vec<_>>(), [(2, Some(later)), (0, None)]);
     // A later failure prunes everything older than its window, for all keys.
     let late = T0 + Duration::from_secs(3600);
     store.record_login_failure(&keys[..1], late, late - Duration::from_secs(900)).await.unwrap();
-    assert_eq!(store.login_failures(&keys[1], T0).await.unwrap().count, 0);
+    assert_eq!(store.login_failures(&keys[1..], T0).await.unwrap()[0].count, 0);
     store.clear_login_failures(&keys[0]).await.unwrap();
-    let w = store.login_failures(&keys[0], T0).await.unwrap();
-    assert_eq!((w.count, w.oldest), (0, None));
+    let w = store.login_failures(&keys[..1], T0).await.unwrap();
+    assert_eq!((w[0].count, w[0].oldest), (0, None));
 }
 
 async fn ping_answers(store: Arc<dyn Store>) {
@@ -347,6 +349,18 @@ async fn failed_sqlite_migration_leaves_the_schema_unchanged() {
     assert_eq!(canary, 0, "the failed migration's table must not exist");
     let max: i64 = conn.query_row("SELECT max(version) FROM schema_migrations", [], |r| r.get(0)).unwrap();
     assert_eq!(max, 1);
+}
+
+#[tokio::test]
+async fn a_fresh_database_reports_every_migration_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("b.db")).await.unwrap();
+    let all: Vec<u32> = bouncer_store::migrate::SQLITE.iter().map(|m| m.version).collect();
+    assert_eq!(sqlite.pending_migrations().await.unwrap(), all);
+    let db = TestDatabase::create().await;
+    let pg = PgStore::connect(&db.url, 1).unwrap();
+    let all: Vec<u32> = bouncer_store::migrate::POSTGRES.iter().map(|m| m.version).collect();
+    assert_eq!(pg.pending_migrations().await.unwrap(), all);
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ pub async fn login(
     }
     let account_key = format!("account:{email_key}");
     let ip_key = format!("ip:{}", client.ip);
-    check_throttle(&state, &account_key, &ip_key, now).await?;
+    let account_failures = check_throttle(&state, &account_key, &ip_key, now).await?;
 
     // Unknown emails verify against a dummy hash: same status, body and time.
     let credential = state.store.credential_by_email(&email_key).await?;
@@ -125,7 +125,9 @@ pub async fn login(
         state.metrics.login("banned");
         return Err(ApiError::Banned);
     }
-    state.store.clear_login_failures(&account_key).await?;
+    if account_failures > 0 {
+        state.store.clear_login_failures(&account_key).await?;
+    }
     if verified.needs_rehash {
         match state.passwords.hash(body.password).await {
             Ok(hash) => state.store.set_password_hash(user.id, &hash).await?,
@@ -209,27 +211,34 @@ pub async fn logout_all(State(state): State<AppState>, auth: Authenticated) -> R
 }
 
 /// Refuses when the account or the client IP has too many recent failures.
+/// Returns the account's failure count, so a successful login clears it
+/// only when there is something to clear.
 pub(super) async fn check_throttle(
     state: &AppState,
     account_key: &str,
     ip_key: &str,
     now: OffsetDateTime,
-) -> Result<(), ApiError> {
+) -> Result<u32, ApiError> {
     let limits = &state.config.login_throttle;
     let window = limits.window.get();
-    let since = now - window;
-    let mut retry_after = 0;
-    for (key, max) in [(account_key, limits.max_failures), (ip_key, limits.max_failures_per_ip)] {
-        let seen = state.store.login_failures(key, since).await?;
-        if let ThrottleDecision::Deny { retry_after_secs } = throttle::decide(seen, max, window, now) {
-            retry_after = retry_after.max(retry_after_secs);
-        }
-    }
-    if retry_after > 0 {
+    let keys = [account_key.to_owned(), ip_key.to_owned()];
+    let seen = state.store.login_failures(&keys, now - window).await?;
+    let (account, ip) = match seen[..] {
+        [account, ip] => (account, ip),
+        _ => return Err(ApiError::Internal("store returned the wrong number of throttle windows".into())),
+    };
+    let retry_after = [(account, limits.max_failures), (ip, limits.max_failures_per_ip)]
+        .into_iter()
+        .filter_map(|(seen, max)| match throttle::decide(seen, max, window, now) {
+            ThrottleDecision::Deny { retry_after_secs } => Some(retry_after_secs),
+            ThrottleDecision::Allow => None,
+        })
+        .max();
+    if let Some(retry_after_secs) = retry_after {
         state.metrics.login("throttled");
-        return Err(ApiError::Throttled { retry_after_secs: retry_after });
+        return Err(ApiError::Throttled { retry_after_secs });
     }
-    Ok(())
+    Ok(account.count)
 }
 
 fn token_response(

@@ -126,6 +126,7 @@ async fn bad_input_gets_problem_documents(backend: Backend) {
         .send()
         .await
         .unwrap();
+    assert_eq!(streamed.headers()["connection"], "close", "an unread body ends the connection");
     expect_problem(streamed, 413, "payload-too-large").await;
 
     expect_problem(admin.get("/nope").await, 404, "not-found").await;

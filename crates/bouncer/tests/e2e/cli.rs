@@ -50,3 +50,29 @@ async fn version_is_printed() {
     let out = tokio::process::Command::new(BIN).arg("--version").output().await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("bouncer "));
 }
+
+#[tokio::test]
+async fn no_migrate_refuses_an_unmigrated_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("b.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: 127.0.0.1:0\n  database: sqlite://{0}/b.db\n  keys_dir: {0}/keys\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["admin", "--no-migrate", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "must not serve on an unmigrated database");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("run `bouncer migrate`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
