@@ -1,10 +1,13 @@
 //! Ed25519 signing keys: files in `keys_dir`, the JWKS, signing and verifying.
 //!
 //! Each key is `KID.pem` (PKCS#8 PEM, mode 0600). A kid starts with its UTC
-//! creation time, so kids sort by age and the newest key signs. Older keys
-//! stay in the JWKS until every token they could have signed has expired;
+//! creation time, so kids sort by age. The newest key that is at least
+//! `key_activation_delay` old signs: a new key is published in the JWKS
+//! first, so that every admin replica has loaded it and every gateway can
+//! fetch it before the first token it signed arrives. Older keys stay in the
+//! JWKS until every token they could have signed has expired.
 //! `bouncer keys rotate` only ever adds a file, and running services pick it
-//! up on their next reload (every [`RELOAD_INTERVAL`]).
+//! up on their next reload (every [`RELOAD_INTERVAL`], or on SIGHUP).
 
 use std::{
     fs,
@@ -67,19 +70,34 @@ struct KeyRing {
 pub struct KeyStore {
     dir: PathBuf,
     access_ttl: Duration,
+    activation_delay: Duration,
     ring: ArcSwap<KeyRing>,
+}
+
+impl KeyRing {
+    /// Index of the key that signs at `now`: the newest one past its
+    /// activation delay, or the oldest when none is (a fresh install).
+    fn signer(&self, activation_delay: Duration, now: OffsetDateTime) -> Option<usize> {
+        let active = self.keys.iter().rposition(|k| k.created + activation_delay <= now);
+        active.or((!self.keys.is_empty()).then_some(0))
+    }
 }
 
 impl KeyStore {
     /// Loads `dir`, creating it (0700) and a first key when there is none.
-    pub fn open(dir: &Path, access_ttl: Duration, now: OffsetDateTime) -> Result<Self, KeyError> {
+    pub fn open(
+        dir: &Path,
+        access_ttl: Duration,
+        activation_delay: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Self, KeyError> {
         ensure_dir(dir)?;
         if list_key_files(dir)?.is_empty() {
             let kid = create_key(dir, now)?;
             tracing::info!(%kid, dir = %dir.display(), "created first signing key");
         }
         let ring = load_ring(dir)?;
-        Ok(Self { dir: dir.to_owned(), access_ttl, ring: ArcSwap::from_pointee(ring) })
+        Ok(Self { dir: dir.to_owned(), access_ttl, activation_delay, ring: ArcSwap::from_pointee(ring) })
     }
 
     /// Re-reads the directory; returns whether the set of kids changed. A
@@ -95,15 +113,20 @@ impl KeyStore {
         Ok(!same)
     }
 
-    /// The kid that signs new tokens.
-    pub fn signing_kid(&self) -> String {
-        self.ring.load().keys.last().map(|k| k.kid.clone()).unwrap_or_default()
+    /// The kid that signs new tokens at `now`.
+    pub fn signing_kid(&self, now: OffsetDateTime) -> String {
+        let ring = self.ring.load();
+        ring.signer(self.activation_delay, now).map(|i| ring.keys[i].kid.clone()).unwrap_or_default()
     }
 
-    /// Signs access-token claims with the newest key (`alg: EdDSA`, `typ: at+jwt`).
-    pub fn sign(&self, claims: &AccessClaims) -> Result<String, KeyError> {
+    /// Signs access-token claims (`alg: EdDSA`, `typ: at+jwt`) with the key
+    /// active at `now`.
+    pub fn sign(&self, claims: &AccessClaims, now: OffsetDateTime) -> Result<String, KeyError> {
         let ring = self.ring.load();
-        let key = ring.keys.last().ok_or_else(|| KeyError::Sign("no signing key loaded".into()))?;
+        let index = ring
+            .signer(self.activation_delay, now)
+            .ok_or_else(|| KeyError::Sign("no signing key loaded".into()))?;
+        let key = &ring.keys[index];
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
         header.kid = Some(key.kid.clone());
@@ -153,11 +176,12 @@ impl KeyStore {
         Ok(data.claims)
     }
 
-    /// The JWKS: the signing key and every older key whose tokens may
-    /// still be alive at `now`.
+    /// The JWKS: keys not yet signing, the signing key, and every older key
+    /// whose tokens may still be alive at `now` (a key stops signing when its
+    /// successor activates, and its tokens live `access_ttl` after that).
     pub fn jwks(&self, now: OffsetDateTime) -> Value {
         let ring = self.ring.load();
-        let keep = self.access_ttl + RETENTION_MARGIN;
+        let keep = self.activation_delay + self.access_ttl + RETENTION_MARGIN;
         let keys: Vec<Value> = ring
             .keys
             .iter()
@@ -270,6 +294,7 @@ mod tests {
     use uuid::Uuid;
 
     const TTL: Duration = Duration::from_secs(900);
+    const DELAY: Duration = Duration::from_secs(90);
 
     fn expect() -> Expectations {
         Expectations { issuer: "http://idp".into(), audience: "bouncer".into() }
@@ -296,7 +321,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys_dir = dir.path().join("keys");
         let now = datetime!(2026-05-01 08:00 UTC);
-        let store = KeyStore::open(&keys_dir, TTL, now).unwrap();
+        let store = KeyStore::open(&keys_dir, TTL, DELAY, now).unwrap();
         let files = list_key_files(&keys_dir).unwrap();
         assert_eq!(files.len(), 1);
         #[cfg(unix)]
@@ -306,20 +331,24 @@ mod tests {
             assert_eq!(fs::metadata(&keys_dir).unwrap().permissions().mode() & 0o777, 0o700);
         }
         let c = claims(now);
-        let token = store.sign(&c).unwrap();
+        let token = store.sign(&c, now).unwrap();
         assert_eq!(store.verify(&token, &expect(), now), Ok(c));
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"));
-        assert_eq!(header.kid, Some(store.signing_kid()));
-        assert!(store.signing_kid().starts_with("20260501T080000.000Z-"));
+        assert_eq!(
+            header.kid,
+            Some(store.signing_kid(now)),
+            "a fresh install signs with its only key at once"
+        );
+        assert!(store.signing_kid(now).starts_with("20260501T080000.000Z-"));
     }
 
     #[test]
     fn verification_refuses_tampering_and_wrong_claims() {
         let dir = tempfile::tempdir().unwrap();
         let now = datetime!(2026-05-01 08:00 UTC);
-        let store = KeyStore::open(dir.path(), TTL, now).unwrap();
-        let token = store.sign(&claims(now)).unwrap();
+        let store = KeyStore::open(dir.path(), TTL, DELAY, now).unwrap();
+        let token = store.sign(&claims(now), now).unwrap();
         let (head, rest) = token.split_once('.').unwrap();
         let (_, sig) = rest.split_once('.').unwrap();
         let mut forged = claims(now);
@@ -338,7 +367,7 @@ mod tests {
         );
         let mut hs = Header::new(Algorithm::HS256);
         hs.typ = Some("at+jwt".into());
-        hs.kid = Some(store.signing_kid());
+        hs.kid = Some(store.signing_kid(now));
         let x = store.jwks(now)["keys"][0]["x"].as_str().unwrap().to_owned();
         let hs_token =
             jsonwebtoken::encode(&hs, &claims(now), &EncodingKey::from_secret(x.as_bytes())).unwrap();
@@ -346,19 +375,17 @@ mod tests {
     }
 
     #[test]
-    fn rotation_adds_a_signer_and_retires_the_old_key_after_its_tokens_expire() {
+    fn a_rotated_key_is_published_first_then_signs_and_the_old_one_retires() {
         let dir = tempfile::tempdir().unwrap();
         let t0 = datetime!(2026-05-01 08:00 UTC);
-        let store = KeyStore::open(dir.path(), TTL, t0).unwrap();
-        let old_kid = store.signing_kid();
-        let old_token = store.sign(&claims(t0)).unwrap();
-        let t1 = t0 + Duration::from_secs(60);
+        let store = KeyStore::open(dir.path(), TTL, DELAY, t0).unwrap();
+        let old_kid = store.signing_kid(t0);
+        let old_token = store.sign(&claims(t0), t0).unwrap();
+        let t1 = t0 + Duration::from_secs(3600);
         let new_kid = rotate(dir.path(), t1).unwrap();
         assert!(store.reload().unwrap(), "reload must notice the new key");
         assert!(!store.reload().unwrap(), "a second reload changes nothing");
-        assert_eq!(store.signing_kid(), new_kid);
         assert!(new_kid > old_kid, "kids sort by creation time");
-        assert!(store.verify(&old_token, &expect(), t1).is_ok(), "old tokens keep verifying");
         let kids = |now| -> Vec<String> {
             store.jwks(now)["keys"]
                 .as_array()
@@ -367,15 +394,38 @@ mod tests {
                 .map(|k| k["kid"].as_str().unwrap().to_owned())
                 .collect()
         };
+        // Published at once, signing only after the activation delay.
         assert_eq!(kids(t1), [old_kid.clone(), new_kid.clone()]);
-        assert_eq!(kids(t1 + TTL + RETENTION_MARGIN), [new_kid]);
+        assert_eq!(store.signing_kid(t1), old_kid);
+        assert_eq!(store.signing_kid(t1 + DELAY - Duration::from_secs(1)), old_kid);
+        let t2 = t1 + DELAY;
+        assert_eq!(store.signing_kid(t2), new_kid);
+        assert!(
+            store.verify(&old_token, &expect(), t0 + Duration::from_secs(1)).is_ok(),
+            "old tokens keep verifying"
+        );
+        // The old key stays published until its last token has expired.
+        assert_eq!(kids(t2 + TTL), [old_kid.clone(), new_kid.clone()]);
+        assert_eq!(kids(t2 + TTL + RETENTION_MARGIN), [new_kid.clone()]);
+    }
+
+    #[test]
+    fn two_fresh_keys_sign_with_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = datetime!(2026-05-01 08:00 UTC);
+        let store = KeyStore::open(dir.path(), TTL, DELAY, t0).unwrap();
+        let first = store.signing_kid(t0);
+        rotate(dir.path(), t0 + Duration::from_secs(1)).unwrap();
+        store.reload().unwrap();
+        assert_eq!(store.signing_kid(t0 + Duration::from_secs(2)), first);
     }
 
     #[test]
     fn a_foreign_file_name_is_an_error_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("mykey.pem"), "x").unwrap();
-        let err = KeyStore::open(dir.path(), TTL, OffsetDateTime::now_utc()).err().unwrap().to_string();
+        let err =
+            KeyStore::open(dir.path(), TTL, DELAY, OffsetDateTime::now_utc()).err().unwrap().to_string();
         assert!(err.contains("mykey.pem"), "{err}");
     }
 }

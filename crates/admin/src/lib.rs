@@ -48,8 +48,12 @@ impl AppState {
     /// Loads (or creates) the signing keys and prepares the hasher. The
     /// store must already be migrated.
     pub fn new(config: AdminConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
-        let keys =
-            KeyStore::open(&config.keys_dir, config.access_token_ttl.get(), OffsetDateTime::now_utc())?;
+        let keys = KeyStore::open(
+            &config.keys_dir,
+            config.access_token_ttl.get(),
+            config.key_activation_delay.get(),
+            OffsetDateTime::now_utc(),
+        )?;
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let passwords = Passwords::new(config.password.hash, cores)?;
         let expectations = Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() };
@@ -127,7 +131,9 @@ async fn reload_keys(state: AppState) {
         #[cfg(not(unix))]
         tick.tick().await;
         match state.keys.reload() {
-            Ok(true) => tracing::info!(kid = %state.keys.signing_kid(), "signing keys reloaded"),
+            Ok(true) => {
+                tracing::info!(kid = %state.keys.signing_kid(OffsetDateTime::now_utc()), "signing keys reloaded")
+            }
             Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "cannot reload signing keys; keeping the current ones"),
         }

@@ -100,12 +100,12 @@ impl Passwords {
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::Overloaded);
-        }
-        let permit = self.permits.clone().acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        let permit = {
+            // The guard leaves the queue even when this future is dropped
+            // while waiting (a client that disconnects mid-queue).
+            let _queued = QueueSlot::take(&self.queued, self.capacity).ok_or(ApiError::Overloaded)?;
+            self.permits.clone().acquire_owned().await
+        };
         let permit = permit.map_err(|_| ApiError::Internal("hasher closed".into()))?;
         let buffers = self.buffers.clone();
         tokio::task::spawn_blocking(move || {
@@ -117,6 +117,22 @@ impl Passwords {
         })
         .await
         .map_err(|e| ApiError::Internal(format!("hashing task failed: {e}")))
+    }
+}
+
+/// One place in the hashing queue, released on drop.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl<'a> QueueSlot<'a> {
+    fn take(queued: &'a AtomicUsize, capacity: usize) -> Option<Self> {
+        let slot = QueueSlot(queued);
+        (queued.fetch_add(1, Ordering::AcqRel) < capacity).then_some(slot)
+    }
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -225,6 +241,15 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(matches!(p.verify_dummy("x".into()).await, Err(ApiError::Overloaded)));
+        assert_eq!(p.queued(), MAX_QUEUED_PER_PERMIT, "a refused request leaves no trace in the queue");
+        // A waiter whose future is dropped (client gone) leaves the queue too.
+        let abandoned = tokio::spawn({
+            let p = p.clone();
+            async move { p.verify_dummy("x".into()).await }
+        });
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert_eq!(p.queued(), MAX_QUEUED_PER_PERMIT);
         drop(hold);
         for w in waiting {
             w.await.unwrap().unwrap();

@@ -168,7 +168,7 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let backend = store.backend();
         let state = AppState::new(admin, store)?;
-        tracing::info!(%addr, database = backend, kid = %state.keys.signing_kid(), "admin listening");
+        tracing::info!(%addr, database = backend, kid = %state.keys.signing_kid(time::OffsetDateTime::now_utc()), "admin listening");
         bouncer_admin::serve(listener, state, shutdown_signal(), grace).await?;
         tracing::info!("admin stopped");
         Ok(())

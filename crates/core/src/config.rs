@@ -52,6 +52,16 @@ pub struct AdminConfig {
     pub shutdown_grace: ConfigDuration,
     /// Largest number of concurrent database connections (PostgreSQL).
     pub max_db_connections: usize,
+    /// How long a newly added signing key is only published (in the JWKS)
+    /// before it signs, so every replica and gateway knows it first.
+    pub key_activation_delay: ConfigDuration,
+}
+
+/// The default `admin.trusted_proxies`: loopback, where the embedded
+/// gateway forwards from. Without it every login through the gateway would
+/// share one throttle IP, turning the per-IP limit into a global lockout.
+fn loopback() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"].iter().map(|c| c.parse().expect("constant CIDR")).collect()
 }
 
 /// `admin.login_throttle`.
@@ -109,9 +119,10 @@ impl Default for AdminConfig {
             refresh_token_ttl: ConfigDuration::from_secs(30 * 86_400),
             password: PasswordPolicy::default(),
             login_throttle: LoginThrottle::default(),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: loopback(),
             shutdown_grace: ConfigDuration::from_secs(10),
             max_db_connections: 16,
+            key_activation_delay: ConfigDuration::from_secs(90),
         }
     }
 }
@@ -228,6 +239,13 @@ impl Config {
         if a.refresh_token_ttl.get() <= access {
             return Err("admin.refresh_token_ttl: must be longer than access_token_ttl".into());
         }
+        // Bounded so instant arithmetic (now + ttl) can never overflow.
+        if a.refresh_token_ttl.get().as_secs() > 3650 * 86_400 {
+            return Err("admin.refresh_token_ttl: must be at most 3650d".into());
+        }
+        if a.key_activation_delay.get().as_secs() > 86_400 {
+            return Err("admin.key_activation_delay: must be at most 1d".into());
+        }
         if a.issuer.trim().is_empty() {
             return Err("admin.issuer: must not be empty".into());
         }
@@ -255,8 +273,8 @@ impl Config {
                 "admin.login_throttle: max_failures and max_failures_per_ip must be at least 1".into()
             );
         }
-        if t.window.get().as_secs() < 1 {
-            return Err("admin.login_throttle.window: must be at least 1s".into());
+        if t.window.get().as_secs() < 1 || t.window.get().as_secs() > 30 * 86_400 {
+            return Err("admin.login_throttle.window: must be between 1s and 30d".into());
         }
         if a.max_db_connections < 1 {
             return Err("admin.max_db_connections: must be at least 1".into());
@@ -323,6 +341,8 @@ redis: redis://127.0.0.1:6379
             ("admin: { login_throttle: { max_failures: 0 } }", "admin.login_throttle"),
             ("gateway: { on_store_error: maybe }", "unknown variant"),
             ("admin: { trusted_proxies: [not-a-cidr] }", "trusted_proxies"),
+            ("admin: { refresh_token_ttl: 99999999d }", "at most 3650d"),
+            ("admin: { login_throttle: { window: 365d } }", "admin.login_throttle.window"),
         ] {
             let err = Config::from_yaml(yaml, "f.yaml").unwrap_err().to_string();
             assert!(err.contains(needle), "{yaml}: expected {needle:?} in {err:?}");

@@ -6,6 +6,7 @@
 //! gateway's hot path.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod claims;
 pub mod config;
 pub mod duration;

@@ -80,8 +80,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn credential(&self, id: Uuid) -> Result<Option<Credential>>;
 
-    /// Replaces the stored hash without touching sessions (rehash on login).
-    async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<()>;
+    /// Replaces the stored hash `old` by `new` without touching sessions
+    /// (rehash on login). Conditional, so a password changed meanwhile is
+    /// never overwritten with a rehash of the old one; `false` when it was.
+    async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool>;
 
     /// Stores a new password hash and revokes every live session of the user
     /// except `keep_session`. Returns the ids of the sessions revoked.

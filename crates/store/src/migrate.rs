@@ -35,10 +35,14 @@ macro_rules! migration {
 }
 
 /// Migrations of the PostgreSQL store, in order.
-pub const POSTGRES: &[Migration] = &[migration!(1, "identity", "postgres/0001_identity.sql")];
+pub const POSTGRES: &[Migration] = &[
+    migration!(1, "identity", "postgres/0001_identity.sql"),
+    migration!(2, "audit", "postgres/0002_audit.sql"),
+];
 
 /// Migrations of the SQLite store, in order.
-pub const SQLITE: &[Migration] = &[migration!(1, "identity", "sqlite/0001_identity.sql")];
+pub const SQLITE: &[Migration] =
+    &[migration!(1, "identity", "sqlite/0001_identity.sql"), migration!(2, "audit", "sqlite/0002_audit.sql")];
 
 /// What a migration run did.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -58,19 +58,23 @@ impl PgStore {
     /// Applies `migrations` (the real list, or a test's) to this database.
     pub async fn migrate_with(&self, migrations: &[Migration]) -> Result<MigrationReport> {
         let mut client = self.client().await?;
-        client
-            .batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (
-                     version    integer PRIMARY KEY,
-                     name       text NOT NULL,
-                     checksum   text NOT NULL,
-                     applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await
-            .map_err(pg_err)?;
-        // Session-level lock: a second replica waits here, then finds nothing pending.
+        // Session-level lock, taken first: a second replica waits here, then
+        // finds nothing pending (CREATE TABLE IF NOT EXISTS is not safe to race).
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_err)?;
-        let result = apply_pending(&mut client, migrations).await;
+        let result = async {
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         version    integer PRIMARY KEY,
+                         name       text NOT NULL,
+                         checksum   text NOT NULL,
+                         applied_at timestamptz NOT NULL DEFAULT now())",
+                )
+                .await
+                .map_err(pg_err)?;
+            apply_pending(&mut client, migrations).await
+        }
+        .await;
         let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
         let report = result?;
         unlock.map_err(pg_err)?;
@@ -121,9 +125,20 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         if *code == SqlState::UNIQUE_VIOLATION && db.constraint() == Some("users_email_key_unique") {
             return StoreError::EmailTaken;
         }
+        // Connection trouble, failover (a read-only standby, a crash
+        // shutdown) and transient conflicts: retrying later can succeed.
         let unavailable = code.code().starts_with("08")
-            || [SqlState::ADMIN_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW, SqlState::TOO_MANY_CONNECTIONS]
-                .contains(code);
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+                SqlState::READ_ONLY_SQL_TRANSACTION,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::QUERY_CANCELED,
+            ]
+            .contains(code);
         if unavailable {
             return StoreError::Unavailable(describe(&e));
         }
@@ -145,7 +160,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 const USER_COLUMNS: &str = "u.id, u.email, u.created_at, u.revoked_before, u.banned_at, u.password_hash,
-    COALESCE((SELECT array_agg(r.role ORDER BY r.role) FROM user_roles r WHERE r.user_id = u.id), '{}') AS roles";
+    COALESCE((SELECT array_agg(r.role ORDER BY r.role COLLATE \"C\") FROM user_roles r WHERE r.user_id = u.id), '{}') AS roles";
 
 fn user_from(row: &Row) -> User {
     User {
@@ -273,13 +288,16 @@ impl Store for PgStore {
         Ok(client.query_opt(&stmt, &[&id]).await.map_err(pg_err)?.as_ref().map(credential_from))
     }
 
-    async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<()> {
+    async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool> {
         let client = self.client().await?;
-        client
-            .execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash])
+        let n = client
+            .execute(
+                "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                &[&id, &old, &new],
+            )
             .await
             .map_err(pg_err)?;
-        Ok(())
+        Ok(n == 1)
     }
 
     async fn change_password(

@@ -292,12 +292,15 @@ impl Store for SqliteStore {
         self.with_conn(move |c| credential_where(c, "u.id = ?1", &id.to_string())).await
     }
 
-    async fn set_password_hash(&self, id: Uuid, hash: &str) -> Result<()> {
-        let hash = hash.to_owned();
+    async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool> {
+        let (old, new) = (old.to_owned(), new.to_owned());
         self.with_conn(move |c| {
-            c.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id.to_string(), hash])
-                .map(drop)
-                .map_err(sqlite_err)
+            c.execute(
+                "UPDATE users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
+                params![id.to_string(), old, new],
+            )
+            .map(|n| n == 1)
+            .map_err(sqlite_err)
         })
         .await
     }

@@ -129,7 +129,12 @@ async fn users_are_unique_by_case_folded_email(store: Arc<dyn Store>) {
     assert_eq!(found.password_hash, "$argon2id$fake");
     assert_eq!(store.user(user.id).await.unwrap(), Some(user.clone()));
     assert_eq!(store.user(Uuid::now_v7()).await.unwrap(), None);
-    store.set_password_hash(user.id, "$argon2id$new").await.unwrap();
+    assert!(store.replace_password_hash(user.id, "$argon2id$fake", "$argon2id$new").await.unwrap());
+    assert_eq!(store.credential(user.id).await.unwrap().unwrap().password_hash, "$argon2id$new");
+    assert!(
+        !store.replace_password_hash(user.id, "$argon2id$fake", "$argon2id$stale").await.unwrap(),
+        "a rehash of a hash that changed meanwhile must not apply"
+    );
     assert_eq!(store.credential(user.id).await.unwrap().unwrap().password_hash, "$argon2id$new");
 }
 

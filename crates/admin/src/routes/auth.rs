@@ -130,7 +130,11 @@ pub async fn login(
     }
     if verified.needs_rehash {
         match state.passwords.hash(body.password).await {
-            Ok(hash) => state.store.set_password_hash(user.id, &hash).await?,
+            Ok(hash) => {
+                if !state.store.replace_password_hash(user.id, &credential.password_hash, &hash).await? {
+                    tracing::info!(user_id = %user.id, "password changed during login; rehash skipped");
+                }
+            }
             Err(e) => {
                 tracing::warn!(user_id = %user.id, error = %e, "rehash on login failed; keeping the old hash")
             }
@@ -261,7 +265,7 @@ fn token_response(
         },
         now,
     );
-    let access_token = state.keys.sign(&claims).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let access_token = state.keys.sign(&claims, now).map_err(|e| ApiError::Internal(e.to_string()))?;
     let body = TokenResponse {
         access_token,
         token_type: "Bearer",

@@ -80,7 +80,7 @@ impl Admin {
     /// (Re)writes the config; takes effect at the next [`Self::restart`].
     pub fn write_config(&self, extra_admin_yaml: &str) {
         let yaml = format!(
-            "admin:\n  listen: 127.0.0.1:0\n  database: {}\n  keys_dir: {}\n  issuer: http://bouncer.test\n  audience: bouncer-test\n  shutdown_grace: 5s\n{extra_admin_yaml}",
+            "admin:\n  listen: 127.0.0.1:0\n  database: {}\n  keys_dir: {}\n  issuer: http://bouncer.test\n  audience: bouncer-test\n  shutdown_grace: 5s\n  key_activation_delay: 0s\n{extra_admin_yaml}",
             self.database_url,
             self.keys_dir().display()
         );
