@@ -406,7 +406,7 @@ mod tests {
         );
         // The old key stays published until its last token has expired.
         assert_eq!(kids(t2 + TTL), [old_kid.clone(), new_kid.clone()]);
-        assert_eq!(kids(t2 + TTL + RETENTION_MARGIN), [new_kid.clone()]);
+        assert_eq!(kids(t2 + TTL + RETENTION_MARGIN), [new_kid]);
     }
 
     #[test]
