@@ -37,3 +37,10 @@ CREATE TRIGGER audit_events_no_update_delete BEFORE UPDATE OR DELETE ON audit_ev
     FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
 CREATE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
     FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
+
+-- A login attempt inserts its failure rows *before* the password is checked
+-- (in the same locked transaction that counts the window), so parallel
+-- guesses cannot all pass a count that none of them has raised yet. A
+-- successful attempt deletes its rows again by this id.
+ALTER TABLE login_failures ADD COLUMN attempt uuid;
+CREATE INDEX login_failures_attempt ON login_failures (attempt);

@@ -31,3 +31,10 @@ CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN
     SELECT RAISE(ABORT, 'audit_events is append-only: DELETE refused');
 END;
+
+-- A login attempt inserts its failure rows *before* the password is checked
+-- (in the same locked transaction that counts the window), so parallel
+-- guesses cannot all pass a count that none of them has raised yet. A
+-- successful attempt deletes its rows again by this id.
+ALTER TABLE login_failures ADD COLUMN attempt TEXT;
+CREATE INDEX login_failures_attempt ON login_failures (attempt);

@@ -8,7 +8,10 @@ use axum::{
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
     http::{HeaderMap, header, request::Parts},
 };
-use bouncer_core::claims::{AccessClaims, MAX_TOKEN_BYTES};
+use bouncer_core::{
+    audit::AuditContext,
+    claims::{AccessClaims, MAX_TOKEN_BYTES},
+};
 use bouncer_store::User;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -84,6 +87,20 @@ fn data_error_message(e: &serde_json::Error) -> String {
 pub struct ClientInfo {
     pub ip: IpAddr,
     pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl ClientInfo {
+    /// The audit context of this request, done by `actor` (a user id, or
+    /// `None` for an anonymous caller).
+    pub fn audit(&self, actor: Option<String>) -> AuditContext {
+        AuditContext {
+            actor,
+            ip: Some(self.ip.to_string()),
+            user_agent: self.user_agent.clone(),
+            request_id: self.request_id.clone(),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for ClientInfo {
@@ -101,7 +118,7 @@ impl FromRequestParts<AppState> for ClientInfo {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(256).collect());
-        Ok(ClientInfo { ip, user_agent })
+        Ok(ClientInfo { ip, user_agent, request_id: crate::request_id::current() })
     }
 }
 

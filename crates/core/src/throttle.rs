@@ -1,21 +1,35 @@
-//! The login throttle's decision, from failure counts the caller looked up.
+//! The login throttle's decision, from the failures the caller looked up.
 //!
-//! A sliding window: at most `max_failures` failed logins per key within
-//! `window`. The account is never locked for good — once the oldest failure
-//! leaves the window, one more attempt is allowed. That bounds online
-//! guessing without letting an attacker lock a victim out indefinitely
-//! cheaper than by continuing to guess.
+//! A sliding window: at most `max` failed logins per key within `window`.
+//! The account is never locked for good — as failures leave the window,
+//! attempts are allowed again. That bounds online guessing without letting
+//! an attacker lock a victim out for longer than they keep guessing.
 
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
-/// Failures recorded for one key inside the current window.
+/// Failures recorded for one key inside the current window, as they bear on
+/// a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FailureWindow {
     pub count: u32,
-    /// When the oldest failure still inside the window happened.
-    pub oldest: Option<OffsetDateTime>,
+    /// The failure whose leaving the window brings the count back under the
+    /// limit (the oldest one while under it); `None` without failures.
+    pub pivot: Option<OffsetDateTime>,
+}
+
+impl FailureWindow {
+    /// From the failure times inside the window, in ascending order, for a
+    /// limit of `max`. With more failures than the limit (possible when
+    /// attempts were reserved concurrently before the limit was reached),
+    /// the pivot is the `count - max`-th oldest, not the oldest: waiting
+    /// only for the oldest would still leave the count at the limit.
+    pub fn of(times_ascending: &[OffsetDateTime], max: u32) -> Self {
+        let count = times_ascending.len() as u32;
+        let index = count.saturating_sub(max) as usize;
+        Self { count, pivot: times_ascending.get(index).copied() }
+    }
 }
 
 /// The throttle's answer.
@@ -28,22 +42,32 @@ pub enum ThrottleDecision {
     },
 }
 
-/// Decides whether another login attempt may proceed.
-pub fn decide(
-    seen: FailureWindow,
-    max_failures: u32,
-    window: Duration,
-    now: OffsetDateTime,
-) -> ThrottleDecision {
-    if seen.count < max_failures {
+/// Decides whether another attempt may proceed under one key's limit.
+pub fn decide(seen: FailureWindow, max: u32, window: Duration, now: OffsetDateTime) -> ThrottleDecision {
+    if seen.count < max {
         return ThrottleDecision::Allow;
     }
-    let oldest = seen.oldest.unwrap_or(now);
-    let frees_at = oldest + window;
+    let frees_at = seen.pivot.unwrap_or(now) + window;
     let wait = (frees_at - now).max(time::Duration::ZERO);
     // Round up: a client that waits exactly Retry-After must be let in.
     let secs = wait.whole_seconds() as u64 + u64::from(wait.subsec_nanoseconds() > 0);
     ThrottleDecision::Deny { retry_after_secs: secs.max(1) }
+}
+
+/// Decides under several keys' limits at once: denied when any key is, with
+/// the longest wait.
+pub fn decide_all(
+    seen: impl IntoIterator<Item = (FailureWindow, u32)>,
+    window: Duration,
+    now: OffsetDateTime,
+) -> ThrottleDecision {
+    seen.into_iter()
+        .filter_map(|(w, max)| match decide(w, max, window, now) {
+            ThrottleDecision::Deny { retry_after_secs } => Some(retry_after_secs),
+            ThrottleDecision::Allow => None,
+        })
+        .max()
+        .map_or(ThrottleDecision::Allow, |retry_after_secs| ThrottleDecision::Deny { retry_after_secs })
 }
 
 #[cfg(test)]
@@ -52,29 +76,57 @@ mod tests {
     use time::macros::datetime;
 
     const WINDOW: Duration = Duration::from_secs(900);
+    const T0: OffsetDateTime = datetime!(2026-01-01 12:00 UTC);
 
-    #[test]
-    fn allows_until_the_limit() {
-        let now = datetime!(2026-01-01 12:00 UTC);
-        let seen = FailureWindow { count: 4, oldest: Some(now) };
-        assert_eq!(decide(seen, 5, WINDOW, now), ThrottleDecision::Allow);
+    fn at(secs: i64) -> OffsetDateTime {
+        T0 + time::Duration::seconds(secs)
     }
 
     #[test]
-    fn denies_until_the_oldest_failure_leaves_the_window() {
-        let oldest = datetime!(2026-01-01 12:00 UTC);
-        let seen = FailureWindow { count: 5, oldest: Some(oldest) };
-        let now = oldest + time::Duration::seconds(100);
-        assert_eq!(decide(seen, 5, WINDOW, now), ThrottleDecision::Deny { retry_after_secs: 800 });
-        let now = oldest + time::Duration::milliseconds(100_500);
-        assert_eq!(decide(seen, 5, WINDOW, now), ThrottleDecision::Deny { retry_after_secs: 800 });
+    fn allows_until_the_limit() {
+        let seen = FailureWindow::of(&[at(0), at(1), at(2), at(3)], 5);
+        assert_eq!(decide(seen, 5, WINDOW, at(4)), ThrottleDecision::Allow);
+        assert_eq!(decide(FailureWindow::of(&[], 5), 5, WINDOW, at(4)), ThrottleDecision::Allow);
+    }
+
+    #[test]
+    fn denies_until_the_pivot_leaves_the_window() {
+        let seen = FailureWindow::of(&[at(0), at(10), at(20), at(30), at(40)], 5);
+        assert_eq!(seen.pivot, Some(at(0)));
+        assert_eq!(decide(seen, 5, WINDOW, at(100)), ThrottleDecision::Deny { retry_after_secs: 800 });
+        let fractional = T0 + time::Duration::milliseconds(100_500);
+        assert_eq!(decide(seen, 5, WINDOW, fractional), ThrottleDecision::Deny { retry_after_secs: 800 });
+    }
+
+    #[test]
+    fn over_the_limit_waits_for_enough_failures_to_expire() {
+        // Seven failures against a limit of five: the count drops under the
+        // limit only when the third oldest leaves the window.
+        let times: Vec<_> = (0..7).map(|i| at(i * 100)).collect();
+        let seen = FailureWindow::of(&times, 5);
+        assert_eq!(seen.pivot, Some(at(200)));
+        assert_eq!(decide(seen, 5, WINDOW, at(700)), ThrottleDecision::Deny { retry_after_secs: 400 });
     }
 
     #[test]
     fn retry_after_is_at_least_one_second() {
-        let oldest = datetime!(2026-01-01 12:00 UTC);
-        let seen = FailureWindow { count: 9, oldest: Some(oldest) };
-        let now = oldest + time::Duration::seconds(900);
-        assert_eq!(decide(seen, 5, WINDOW, now), ThrottleDecision::Deny { retry_after_secs: 1 });
+        let seen = FailureWindow::of(&[at(0); 9], 5);
+        assert_eq!(decide(seen, 5, WINDOW, at(900)), ThrottleDecision::Deny { retry_after_secs: 1 });
+    }
+
+    #[test]
+    fn several_keys_take_the_longest_wait() {
+        let account = FailureWindow::of(&[at(0), at(1)], 2);
+        let ip = FailureWindow::of(&[at(50)], 10);
+        let ip_full = FailureWindow::of(&[at(100); 10], 10);
+        assert_eq!(
+            decide_all([(account, 2), (ip, 10)], WINDOW, at(200)),
+            ThrottleDecision::Deny { retry_after_secs: 700 }
+        );
+        assert_eq!(
+            decide_all([(account, 2), (ip_full, 10)], WINDOW, at(200)),
+            ThrottleDecision::Deny { retry_after_secs: 800 }
+        );
+        assert_eq!(decide_all([(ip, 10)], WINDOW, at(200)), ThrottleDecision::Allow);
     }
 }

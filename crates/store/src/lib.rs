@@ -17,7 +17,12 @@ pub mod testing;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bouncer_core::{config::DatabaseUrl, throttle::FailureWindow, token::TokenHash};
+use bouncer_core::{
+    audit::{self, AuditContext, AuditEvent, AuditRecord},
+    config::DatabaseUrl,
+    throttle::ThrottleDecision,
+    token::TokenHash,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -69,9 +74,9 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip proving the database answers (readiness).
     async fn ping(&self) -> Result<()>;
 
-    /// Creates a user with `roles`. `EmailTaken` when the case-folded email
-    /// exists; `UnknownRole` when a role does not.
-    async fn create_user(&self, new: NewUser) -> Result<User>;
+    /// Creates a user with `roles` and appends `audit`. `EmailTaken` when
+    /// the case-folded email exists; `UnknownRole` when a role does not.
+    async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<User>;
 
     async fn user(&self, id: Uuid) -> Result<Option<User>>;
 
@@ -86,61 +91,100 @@ pub trait Store: Send + Sync + 'static {
     async fn replace_password_hash(&self, id: Uuid, old: &str, new: &str) -> Result<bool>;
 
     /// Stores a new password hash and revokes every live session of the user
-    /// except `keep_session`. Returns the ids of the sessions revoked.
+    /// except `keep_session`; records `user.password.changed`. Returns the
+    /// ids of the sessions revoked.
     async fn change_password(
         &self,
         id: Uuid,
         hash: &str,
         keep_session: Option<Uuid>,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Vec<Uuid>>;
 
-    /// Stores a session and its first refresh token together.
-    async fn create_session(&self, new: NewSession) -> Result<()>;
+    /// Stores a session and its first refresh token, settles the login
+    /// attempt that earned it (`new.attempt`), and appends `audit`.
+    async fn create_session(&self, new: NewSession, audit: AuditEvent) -> Result<()>;
 
     /// The session and its user, for checking a bearer token's `sid`.
     async fn session(&self, id: Uuid) -> Result<Option<(Session, User)>>;
 
     /// Exchanges `presented` for `next` in one atomic conditional update:
     /// of two concurrent calls with the same token exactly one can rotate.
-    /// A token that was already rotated revokes its whole session.
+    /// A token that was already rotated revokes its whole session. Records
+    /// `auth.refresh` or `auth.refresh.reuse_detected` in the same transaction.
     async fn rotate_refresh_token(
         &self,
         presented: TokenHash,
         next: TokenHash,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Rotation>;
 
-    /// Revokes the session `presented` belongs to (logout). Returns its id,
-    /// or `None` when the token is unknown. Idempotent.
+    /// Revokes the session `presented` belongs to (logout) and records
+    /// `auth.logout`. Returns its id, or `None` when the token is unknown.
     async fn revoke_session_by_token(
         &self,
         presented: TokenHash,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Option<Uuid>>;
 
-    /// Revokes every live session of the user and sets its revoked-before
-    /// time to `now` (logout-all). Returns the session ids revoked.
-    async fn revoke_all_sessions(&self, user_id: Uuid, now: OffsetDateTime) -> Result<Vec<Uuid>>;
-
-    /// Records one failed login under each key and forgets failures older
-    /// than `forget_before` (for every key, bounding the table).
-    async fn record_login_failure(
+    /// Revokes every live session of the user, sets its revoked-before time
+    /// to `now` (logout-all) and records `auth.logout`. Returns the ids.
+    async fn revoke_all_sessions(
         &self,
-        keys: &[String],
+        user_id: Uuid,
         now: OffsetDateTime,
-        forget_before: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Uuid>>;
+
+    /// Starts a password check under the login throttle, atomically: counts
+    /// each key's failures in the window and, when every key is under its
+    /// limit, inserts one failure row per key tagged with the attempt id —
+    /// before the password is verified, so parallel guesses cannot all pass.
+    /// Also forgets failures older than the window.
+    async fn begin_login_attempt(&self, attempt: &LoginAttempt) -> Result<ThrottleDecision>;
+
+    /// Settles an attempt that did not end in a session: `forgive` deletes
+    /// its failure rows (the password was right, e.g. a banned account);
+    /// otherwise they stay as the failure. Appends `audit` if given.
+    async fn finish_login_attempt(
+        &self,
+        attempt: Uuid,
+        forgive: bool,
+        audit: Option<AuditEvent>,
     ) -> Result<()>;
 
-    /// Failures of each of `keys` at or after `since`, in the order given
-    /// (one round trip for the account and IP keys of a login).
-    async fn login_failures(&self, keys: &[String], since: OffsetDateTime) -> Result<Vec<FailureWindow>>;
+    /// Appends events to the audit chain on their own (no other change).
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
 
-    /// Forgets the failures of `key` (after a successful login).
-    async fn clear_login_failures(&self, key: &str) -> Result<()>;
+    /// Up to `limit` chained records with `seq > after`, in order.
+    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>>;
 
     /// All roles, by name.
     async fn roles(&self) -> Result<Vec<Role>>;
+}
+
+/// Walks the whole audit chain in pages. `Ok(Ok((count, head_hash)))` when
+/// intact; `Ok(Err(break))` names the first record that was edited, deleted
+/// or reordered.
+pub async fn verify_audit_chain(store: &dyn Store) -> Result<Result<(i64, [u8; 32]), audit::ChainBreak>> {
+    const PAGE: u32 = 1_000;
+    let mut verifier = audit::ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = store.audit_records(after, PAGE).await?;
+        for record in &page {
+            if let Err(chain_break) = verifier.push(record) {
+                return Ok(Err(chain_break));
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE as usize => after = last.seq,
+            _ => return Ok(Ok((verifier.count(), verifier.head()))),
+        }
+    }
 }
 
 /// Opens the store a database URL names. Does not migrate.

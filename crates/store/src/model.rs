@@ -78,6 +78,26 @@ pub struct NewSession {
     pub refresh_token: TokenHash,
     pub now: OffsetDateTime,
     pub expires_at: OffsetDateTime,
+    /// The login attempt this session settles: its reserved failure rows are
+    /// deleted and the account key's failures cleared.
+    pub attempt: Option<SettledAttempt>,
+}
+
+/// A successful login attempt, see [`NewSession::attempt`].
+#[derive(Clone, Debug)]
+pub struct SettledAttempt {
+    pub id: Uuid,
+    pub account_key: String,
+}
+
+/// Input of [`crate::Store::begin_login_attempt`].
+#[derive(Clone, Debug)]
+pub struct LoginAttempt {
+    pub id: Uuid,
+    /// Throttle keys (`account:…`, `ip:…`) with their failure limits.
+    pub keys: Vec<(String, u32)>,
+    pub window: std::time::Duration,
+    pub now: OffsetDateTime,
 }
 
 /// Outcome of presenting a refresh token.

@@ -3,15 +3,20 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bouncer_core::{throttle::FailureWindow, token::TokenHash};
+use bouncer_core::{
+    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome},
+    throttle::{self, FailureWindow, ThrottleDecision},
+    token::TokenHash,
+};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio_postgres::{NoTls, Row, error::SqlState};
 use uuid::Uuid;
 
 use crate::{
-    Credential, Migration, MigrationReport, NewSession, NewUser, Result, Role, Rotation, Session, Store,
-    StoreError, User, migrate,
+    Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role, Rotation,
+    Session, Store, StoreError, User, migrate,
 };
 
 /// How long a request waits for a connection, or to open one, before the
@@ -21,6 +26,88 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Key of the advisory lock that serialises concurrent migration runs
 /// (several admin replicas starting at once). ASCII "bouncer!".
 const MIGRATION_LOCK: i64 = 0x626f_756e_6365_7221;
+
+/// Key of the transaction-level advisory lock that serialises audit appends
+/// into one linear chain. Taken as the last step of a transaction, after its
+/// row locks, so it never waits while holding what another appender needs.
+const AUDIT_LOCK: i64 = 0x626f_756e_6361_7564;
+
+/// Appends `events` to the chain inside `tx`.
+async fn append<C: GenericClient>(tx: &C, events: &[AuditEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await.map_err(pg_err)?;
+    let head = tx
+        .query_opt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", &[])
+        .await
+        .map_err(pg_err)?;
+    let mut prev = match head {
+        Some(r) => Some((r.get::<_, i64>(0), hash32(r.get(1))?)),
+        None => None,
+    };
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO audit_events (seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .await
+        .map_err(pg_err)?;
+    for event in events {
+        let r = audit::link(prev, event.clone());
+        let e = &r.event;
+        tx.execute(
+            &insert,
+            &[
+                &r.seq,
+                &e.id,
+                &e.at,
+                &e.actor,
+                &e.action.as_str(),
+                &e.subject,
+                &e.ip,
+                &e.user_agent,
+                &e.request_id,
+                &e.outcome.as_str(),
+                &e.details,
+                &&r.prev_hash[..],
+                &&r.hash[..],
+            ],
+        )
+        .await
+        .map_err(pg_err)?;
+        prev = Some((r.seq, r.hash));
+    }
+    Ok(())
+}
+
+fn hash32(bytes: Vec<u8>) -> Result<[u8; 32]> {
+    bytes.try_into().map_err(|_| StoreError::Database("audit hash is not 32 bytes".into()))
+}
+
+fn record_from(row: &Row) -> Result<AuditRecord> {
+    let action: String = row.get("action");
+    let outcome: String = row.get("outcome");
+    let unknown =
+        |what: &str, v: &str| StoreError::Database(format!("audit record has unknown {what} {v:?}"));
+    Ok(AuditRecord {
+        seq: row.get("seq"),
+        event: AuditEvent {
+            id: row.get("id"),
+            at: row.get("at"),
+            actor: row.get("actor"),
+            action: Action::parse(&action).ok_or_else(|| unknown("action", &action))?,
+            subject: row.get("subject"),
+            ip: row.get("ip"),
+            user_agent: row.get("user_agent"),
+            request_id: row.get("request_id"),
+            outcome: Outcome::parse(&outcome).ok_or_else(|| unknown("outcome", &outcome))?,
+            details: row.get("details"),
+        },
+        prev_hash: hash32(row.get("prev_hash"))?,
+        hash: hash32(row.get("hash"))?,
+    })
+}
 
 /// The PostgreSQL store.
 #[derive(Clone)]
@@ -233,7 +320,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_user(&self, new: NewUser) -> Result<User> {
+    async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<User> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let known: Vec<String> = tx
@@ -262,6 +349,7 @@ impl Store for PgStore {
             .query_one(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"), &[&new.id])
             .await
             .map_err(pg_err)?;
+        append(&tx, &[audit]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(user_from(&row))
     }
@@ -306,13 +394,14 @@ impl Store for PgStore {
         hash: &str,
         keep_session: Option<Uuid>,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Vec<Uuid>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         tx.execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash])
             .await
             .map_err(pg_err)?;
-        let revoked = tx
+        let revoked: Vec<Uuid> = tx
             .query(
                 "UPDATE sessions SET revoked_at = $3, revoke_reason = 'password_changed'
                   WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 RETURNING id",
@@ -323,25 +412,40 @@ impl Store for PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let details = json!({ "revoked_sessions": revoked });
+        append(
+            &tx,
+            &[ctx.event(now, Action::PasswordChanged, Some(id.to_string()), Outcome::Success, &details)],
+        )
+        .await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(revoked)
     }
 
-    async fn create_session(&self, new: NewSession) -> Result<()> {
-        let client = self.client().await?;
-        // One statement, so one round trip and implicitly one transaction.
-        let stmt = client
+    async fn create_session(&self, new: NewSession, audit: AuditEvent) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let stmt = tx
             .prepare_cached(
                 "WITH s AS (INSERT INTO sessions (id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4))
                  INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($5, $1, $3)",
             )
             .await
             .map_err(pg_err)?;
-        client
-            .execute(&stmt, &[&new.id, &new.user_id, &new.now, &new.expires_at, &&new.refresh_token.0[..]])
+        tx.execute(&stmt, &[&new.id, &new.user_id, &new.now, &new.expires_at, &&new.refresh_token.0[..]])
             .await
             .map_err(pg_err)?;
-        Ok(())
+        if let Some(attempt) = &new.attempt {
+            // The right password: the reserved rows were no failure, and the
+            // account starts afresh. (The IP's other failures stay.)
+            let settle = tx
+                .prepare_cached("DELETE FROM login_failures WHERE attempt = $1 OR key = $2")
+                .await
+                .map_err(pg_err)?;
+            tx.execute(&settle, &[&attempt.id, &attempt.account_key]).await.map_err(pg_err)?;
+        }
+        append(&tx, &[audit]).await?;
+        tx.commit().await.map_err(pg_err)
     }
 
     async fn session(&self, id: Uuid) -> Result<Option<(Session, User)>> {
@@ -353,6 +457,7 @@ impl Store for PgStore {
         presented: TokenHash,
         next: TokenHash,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Rotation> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
@@ -382,6 +487,15 @@ impl Store for PgStore {
                 .await
                 .map_err(pg_err)?
                 .get(0);
+            let details = json!({ "session_id": session_id });
+            let event = ctx.event(
+                now,
+                Action::RefreshReuseDetected,
+                Some(user_id.to_string()),
+                Outcome::Denied,
+                &details,
+            );
+            append(&tx, &[event]).await?;
             tx.commit().await.map_err(pg_err)?;
             return Ok(Rotation::Reused { session_id, user_id });
         };
@@ -398,6 +512,13 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         tx.execute(&insert, &[&&next.0[..], &session_id, &now]).await.map_err(pg_err)?;
+        let details = json!({ "session_id": session_id });
+        let actor = AuditContext { actor: Some(user.id.to_string()), ..ctx.clone() };
+        append(
+            &tx,
+            &[actor.event(now, Action::Refresh, Some(user.id.to_string()), Outcome::Success, &details)],
+        )
+        .await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(Rotation::Rotated { session, user })
     }
@@ -406,27 +527,44 @@ impl Store for PgStore {
         &self,
         presented: TokenHash,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Option<Uuid>> {
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let row = tx
             .query_opt(
                 "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2),
                         revoke_reason = COALESCE(s.revoke_reason, 'logout')
-                   FROM refresh_tokens t WHERE t.hash = $1 AND s.id = t.session_id RETURNING s.id",
+                   FROM refresh_tokens t WHERE t.hash = $1 AND s.id = t.session_id RETURNING s.id, s.user_id",
                 &[&&presented.0[..], &now],
             )
             .await
             .map_err(pg_err)?;
-        Ok(row.map(|r| r.get(0)))
+        let Some(row) = row else { return Ok(None) };
+        let (session_id, user_id): (Uuid, Uuid) = (row.get(0), row.get(1));
+        let actor = AuditContext { actor: Some(user_id.to_string()), ..ctx.clone() };
+        let details = json!({ "session_id": session_id });
+        append(
+            &tx,
+            &[actor.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)],
+        )
+        .await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(Some(session_id))
     }
 
-    async fn revoke_all_sessions(&self, user_id: Uuid, now: OffsetDateTime) -> Result<Vec<Uuid>> {
+    async fn revoke_all_sessions(
+        &self,
+        user_id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Uuid>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         tx.execute("UPDATE users SET revoked_before = $2 WHERE id = $1", &[&user_id, &now])
             .await
             .map_err(pg_err)?;
-        let ids = tx
+        let ids: Vec<Uuid> = tx
             .query(
                 "UPDATE sessions SET revoked_at = $2, revoke_reason = 'logout_all'
                   WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
@@ -437,47 +575,83 @@ impl Store for PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        let details = json!({ "all_sessions": true, "revoked_sessions": ids });
+        append(&tx, &[ctx.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)])
+            .await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(ids)
     }
 
-    async fn record_login_failure(
-        &self,
-        keys: &[String],
-        now: OffsetDateTime,
-        forget_before: OffsetDateTime,
-    ) -> Result<()> {
+    async fn begin_login_attempt(&self, attempt: &LoginAttempt) -> Result<ThrottleDecision> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.execute("INSERT INTO login_failures (key, at) SELECT unnest($1::text[]), $2", &[&keys, &now])
+        let since = attempt.now - attempt.window;
+        let mut keys: Vec<&str> = attempt.keys.iter().map(|(k, _)| k.as_str()).collect();
+        // Locks in a fixed order so two attempts sharing keys cannot deadlock.
+        keys.sort_unstable();
+        for key in &keys {
+            tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[key])
+                .await
+                .map_err(pg_err)?;
+        }
+        let times = tx
+            .prepare_cached("SELECT at FROM login_failures WHERE key = $1 AND at > $2 ORDER BY at")
             .await
             .map_err(pg_err)?;
-        tx.execute("DELETE FROM login_failures WHERE at < $1", &[&forget_before]).await.map_err(pg_err)?;
-        tx.commit().await.map_err(pg_err)
-    }
-
-    async fn login_failures(&self, keys: &[String], since: OffsetDateTime) -> Result<Vec<FailureWindow>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT count(f.at), min(f.at)
-                   FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n)
-                   LEFT JOIN login_failures f ON f.key = k.key AND f.at >= $2
-                  GROUP BY k.n ORDER BY k.n",
+        let mut seen = Vec::with_capacity(attempt.keys.len());
+        for (key, max) in &attempt.keys {
+            let at: Vec<OffsetDateTime> =
+                tx.query(&times, &[key, &since]).await.map_err(pg_err)?.iter().map(|r| r.get(0)).collect();
+            seen.push((FailureWindow::of(&at, *max), *max));
+        }
+        let decision = throttle::decide_all(seen, attempt.window, attempt.now);
+        if decision == ThrottleDecision::Allow {
+            let keys: Vec<&str> = attempt.keys.iter().map(|(k, _)| k.as_str()).collect();
+            tx.execute(
+                "INSERT INTO login_failures (key, at, attempt) SELECT unnest($1::text[]), $2, $3",
+                &[&keys, &attempt.now, &attempt.id],
             )
             .await
             .map_err(pg_err)?;
-        let rows = client.query(&stmt, &[&keys, &since]).await.map_err(pg_err)?;
-        Ok(rows
-            .iter()
-            .map(|r| FailureWindow { count: r.get::<_, i64>(0) as u32, oldest: r.get(1) })
-            .collect())
+            tx.execute("DELETE FROM login_failures WHERE at < $1", &[&since]).await.map_err(pg_err)?;
+        }
+        tx.commit().await.map_err(pg_err)?;
+        Ok(decision)
     }
 
-    async fn clear_login_failures(&self, key: &str) -> Result<()> {
+    async fn finish_login_attempt(
+        &self,
+        attempt: Uuid,
+        forgive: bool,
+        audit: Option<AuditEvent>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        if forgive {
+            tx.execute("DELETE FROM login_failures WHERE attempt = $1", &[&attempt]).await.map_err(pg_err)?;
+        }
+        append(&tx, audit.as_slice()).await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        append(&tx, events).await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
         let client = self.client().await?;
-        client.execute("DELETE FROM login_failures WHERE key = $1", &[&key]).await.map_err(pg_err)?;
-        Ok(())
+        let rows = client
+            .query(
+                "SELECT seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash
+                   FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &[&after, &i64::from(limit)],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(record_from).collect()
     }
 
     async fn roles(&self) -> Result<Vec<Role>> {

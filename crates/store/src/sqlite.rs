@@ -13,14 +13,19 @@ use std::{
 };
 
 use async_trait::async_trait;
-use bouncer_core::{throttle::FailureWindow, token::TokenHash};
+use bouncer_core::{
+    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome},
+    throttle::{self, FailureWindow, ThrottleDecision},
+    token::TokenHash,
+};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    Credential, Migration, MigrationReport, NewSession, NewUser, Result, Role, Rotation, Session, Store,
-    StoreError, User, migrate,
+    Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role, Rotation,
+    Session, Store, StoreError, User, migrate,
 };
 
 /// How long a statement waits for another process's write lock before the
@@ -110,6 +115,119 @@ impl SqliteStore {
             }
         })
         .await
+    }
+}
+
+/// Appends `events` to the chain inside the caller's transaction; SQLite's
+/// single writer (BEGIN IMMEDIATE) already serialises appends.
+fn append(conn: &Connection, events: &[AuditEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let head: Option<(i64, Vec<u8>)> = conn
+        .query_row("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(sqlite_err)?;
+    let mut prev = match head {
+        Some((seq, hash)) => Some((seq, hash32(hash)?)),
+        None => None,
+    };
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO audit_events (seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .map_err(sqlite_err)?;
+    for event in events {
+        let r = audit::link(prev, event.clone());
+        let e = &r.event;
+        insert
+            .execute(params![
+                r.seq,
+                e.id.to_string(),
+                micros(e.at),
+                e.actor,
+                e.action.as_str(),
+                e.subject,
+                e.ip,
+                e.user_agent,
+                e.request_id,
+                e.outcome.as_str(),
+                e.details,
+                &r.prev_hash[..],
+                &r.hash[..]
+            ])
+            .map_err(sqlite_err)?;
+        prev = Some((r.seq, r.hash));
+    }
+    Ok(())
+}
+
+fn hash32(bytes: Vec<u8>) -> Result<[u8; 32]> {
+    bytes.try_into().map_err(|_| StoreError::Database("audit hash is not 32 bytes".into()))
+}
+
+/// An audit row as read, before its action and outcome names are checked
+/// (a rusqlite row mapper cannot return our error type).
+struct RawRecord {
+    seq: i64,
+    id: Uuid,
+    at: i64,
+    actor: Option<String>,
+    action: String,
+    subject: Option<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    outcome: String,
+    details: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+impl RawRecord {
+    fn read(row: &Row) -> rusqlite::Result<Self> {
+        Ok(Self {
+            seq: row.get("seq")?,
+            id: uuid_col(row, "id")?,
+            at: row.get("at")?,
+            actor: row.get("actor")?,
+            action: row.get("action")?,
+            subject: row.get("subject")?,
+            ip: row.get("ip")?,
+            user_agent: row.get("user_agent")?,
+            request_id: row.get("request_id")?,
+            outcome: row.get("outcome")?,
+            details: row.get("details")?,
+            prev_hash: row.get("prev_hash")?,
+            hash: row.get("hash")?,
+        })
+    }
+
+    fn into_record(self) -> Result<AuditRecord> {
+        let seq = self.seq;
+        let unknown = |what: &str, v: &str| {
+            StoreError::Database(format!("audit record {seq} has unknown {what} {v:?}"))
+        };
+        Ok(AuditRecord {
+            seq,
+            event: AuditEvent {
+                id: self.id,
+                at: instant(self.at),
+                actor: self.actor,
+                action: Action::parse(&self.action).ok_or_else(|| unknown("action", &self.action))?,
+                subject: self.subject,
+                ip: self.ip,
+                user_agent: self.user_agent,
+                request_id: self.request_id,
+                outcome: Outcome::parse(&self.outcome).ok_or_else(|| unknown("outcome", &self.outcome))?,
+                details: self.details,
+            },
+            prev_hash: hash32(self.prev_hash)?,
+            hash: hash32(self.hash)?,
+        })
     }
 }
 
@@ -249,7 +367,7 @@ impl Store for SqliteStore {
         self.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sqlite_err)).await
     }
 
-    async fn create_user(&self, new: NewUser) -> Result<User> {
+    async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<User> {
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             for role in &new.roles {
@@ -273,6 +391,7 @@ impl Store for SqliteStore {
             let user = credential_where(&tx, "u.id = ?1", &id)?
                 .map(|c| c.user)
                 .ok_or_else(|| StoreError::Database("user vanished inside its own transaction".into()))?;
+            append(&tx, &[audit])?;
             tx.commit().map_err(sqlite_err)?;
             Ok(user)
         })
@@ -311,8 +430,9 @@ impl Store for SqliteStore {
         hash: &str,
         keep_session: Option<Uuid>,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Vec<Uuid>> {
-        let hash = hash.to_owned();
+        let (hash, ctx) = (hash.to_owned(), ctx.clone());
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             tx.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id.to_string(), hash])
@@ -322,13 +442,18 @@ impl Store for SqliteStore {
                 "user_id = ?1 AND revoked_at IS NULL AND id IS NOT ?2",
                 params![id.to_string(), keep_session.map(|s| s.to_string()), micros(now), "password_changed"],
             )?;
+            let details = json!({ "revoked_sessions": revoked });
+            append(
+                &tx,
+                &[ctx.event(now, Action::PasswordChanged, Some(id.to_string()), Outcome::Success, &details)],
+            )?;
             tx.commit().map_err(sqlite_err)?;
             Ok(revoked)
         })
         .await
     }
 
-    async fn create_session(&self, new: NewSession) -> Result<()> {
+    async fn create_session(&self, new: NewSession, audit: AuditEvent) -> Result<()> {
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             let id = new.id.to_string();
@@ -340,6 +465,12 @@ impl Store for SqliteStore {
             })
             .map_err(sqlite_err)?;
             insert_refresh_token(&tx, new.refresh_token, &id, new.now)?;
+            if let Some(attempt) = &new.attempt {
+                tx.prepare_cached("DELETE FROM login_failures WHERE attempt = ?1 OR key = ?2")
+                    .and_then(|mut s| s.execute(params![attempt.id.to_string(), attempt.account_key]))
+                    .map_err(sqlite_err)?;
+            }
+            append(&tx, &[audit])?;
             tx.commit().map_err(sqlite_err)
         })
         .await
@@ -354,7 +485,9 @@ impl Store for SqliteStore {
         presented: TokenHash,
         next: TokenHash,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Rotation> {
+        let ctx = ctx.clone();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             let spent: Option<String> = tx
@@ -366,6 +499,7 @@ impl Store for SqliteStore {
                     s.query_row(params![&presented.0[..], micros(now)], |r| r.get(0)).optional()
                 })
                 .map_err(sqlite_err)?;
+            let parse = |s: &str| Uuid::parse_str(s).map_err(|e| StoreError::Database(e.to_string()));
             let Some(session_id) = spent else {
                 let seen: Option<String> = tx
                     .query_row(
@@ -385,16 +519,31 @@ impl Store for SqliteStore {
                         |r| r.get(0),
                     )
                     .map_err(sqlite_err)?;
+                let (session_id, user_id) = (parse(&session_id)?, parse(&user_id)?);
+                let details = json!({ "session_id": session_id });
+                let event = ctx.event(
+                    now,
+                    Action::RefreshReuseDetected,
+                    Some(user_id.to_string()),
+                    Outcome::Denied,
+                    &details,
+                );
+                append(&tx, &[event])?;
                 tx.commit().map_err(sqlite_err)?;
-                let parse = |s: &str| Uuid::parse_str(s).map_err(|e| StoreError::Database(e.to_string()));
-                return Ok(Rotation::Reused { session_id: parse(&session_id)?, user_id: parse(&user_id)? });
+                return Ok(Rotation::Reused { session_id, user_id });
             };
-            let id = Uuid::parse_str(&session_id).map_err(|e| StoreError::Database(e.to_string()))?;
+            let id = parse(&session_id)?;
             let Some((session, user)) = session_with_user(&tx, id)? else { return Ok(Rotation::Invalid) };
             if !session.is_live(now) || user.is_banned() {
                 return Ok(Rotation::Invalid);
             }
             insert_refresh_token(&tx, next, &session_id, now)?;
+            let details = json!({ "session_id": id });
+            let actor = AuditContext { actor: Some(user.id.to_string()), ..ctx };
+            append(
+                &tx,
+                &[actor.event(now, Action::Refresh, Some(user.id.to_string()), Outcome::Success, &details)],
+            )?;
             tx.commit().map_err(sqlite_err)?;
             Ok(Rotation::Rotated { session, user })
         })
@@ -405,24 +554,39 @@ impl Store for SqliteStore {
         &self,
         presented: TokenHash,
         now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<Option<Uuid>> {
+        let ctx = ctx.clone();
         self.with_conn(move |conn| {
-            let id: Option<String> = conn
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let ids: Option<(String, String)> = tx
                 .query_row(
                     "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2),
                             revoke_reason = COALESCE(revoke_reason, 'logout')
-                      WHERE id = (SELECT session_id FROM refresh_tokens WHERE hash = ?1) RETURNING id",
+                      WHERE id = (SELECT session_id FROM refresh_tokens WHERE hash = ?1) RETURNING id, user_id",
                     params![&presented.0[..], micros(now)],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(sqlite_err)?;
-            id.map(|s| Uuid::parse_str(&s).map_err(|e| StoreError::Database(e.to_string()))).transpose()
+            let Some((session_id, user_id)) = ids else { return Ok(None) };
+            let session_id = Uuid::parse_str(&session_id).map_err(|e| StoreError::Database(e.to_string()))?;
+            let details = json!({ "session_id": session_id });
+            let actor = AuditContext { actor: Some(user_id.clone()), ..ctx };
+            append(&tx, &[actor.event(now, Action::Logout, Some(user_id), Outcome::Success, &details)])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(Some(session_id))
         })
         .await
     }
 
-    async fn revoke_all_sessions(&self, user_id: Uuid, now: OffsetDateTime) -> Result<Vec<Uuid>> {
+    async fn revoke_all_sessions(
+        &self,
+        user_id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Uuid>> {
+        let ctx = ctx.clone();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             tx.execute(
@@ -435,57 +599,94 @@ impl Store for SqliteStore {
                 "user_id = ?1 AND revoked_at IS NULL AND ?2 IS NULL",
                 params![user_id.to_string(), None::<String>, micros(now), "logout_all"],
             )?;
+            let details = json!({ "all_sessions": true, "revoked_sessions": revoked });
+            append(
+                &tx,
+                &[ctx.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)],
+            )?;
             tx.commit().map_err(sqlite_err)?;
             Ok(revoked)
         })
         .await
     }
 
-    async fn record_login_failure(
+    async fn begin_login_attempt(&self, attempt: &LoginAttempt) -> Result<ThrottleDecision> {
+        let attempt = attempt.clone();
+        self.with_conn(move |conn| {
+            // IMMEDIATE takes the write lock first: count and insert are one step.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let since = micros(attempt.now - attempt.window);
+            let mut seen = Vec::with_capacity(attempt.keys.len());
+            {
+                let mut times = tx
+                    .prepare_cached("SELECT at FROM login_failures WHERE key = ?1 AND at > ?2 ORDER BY at")
+                    .map_err(sqlite_err)?;
+                for (key, max) in &attempt.keys {
+                    let at = times
+                        .query_map(params![key, since], |r| r.get::<_, i64>(0).map(instant))
+                        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                        .map_err(sqlite_err)?;
+                    seen.push((FailureWindow::of(&at, *max), *max));
+                }
+            }
+            let decision = throttle::decide_all(seen, attempt.window, attempt.now);
+            if decision == ThrottleDecision::Allow {
+                for (key, _) in &attempt.keys {
+                    tx.execute(
+                        "INSERT INTO login_failures (key, at, attempt) VALUES (?1, ?2, ?3)",
+                        params![key, micros(attempt.now), attempt.id.to_string()],
+                    )
+                    .map_err(sqlite_err)?;
+                }
+                tx.execute("DELETE FROM login_failures WHERE at < ?1", [since]).map_err(sqlite_err)?;
+            }
+            tx.commit().map_err(sqlite_err)?;
+            Ok(decision)
+        })
+        .await
+    }
+
+    async fn finish_login_attempt(
         &self,
-        keys: &[String],
-        now: OffsetDateTime,
-        forget_before: OffsetDateTime,
+        attempt: Uuid,
+        forgive: bool,
+        audit: Option<AuditEvent>,
     ) -> Result<()> {
-        let keys = keys.to_vec();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
-            for key in &keys {
-                tx.execute("INSERT INTO login_failures (key, at) VALUES (?1, ?2)", params![key, micros(now)])
+            if forgive {
+                tx.execute("DELETE FROM login_failures WHERE attempt = ?1", [attempt.to_string()])
                     .map_err(sqlite_err)?;
             }
-            tx.execute("DELETE FROM login_failures WHERE at < ?1", [micros(forget_before)])
-                .map_err(sqlite_err)?;
+            append(&tx, audit.as_slice())?;
             tx.commit().map_err(sqlite_err)
         })
         .await
     }
 
-    async fn login_failures(&self, keys: &[String], since: OffsetDateTime) -> Result<Vec<FailureWindow>> {
-        let keys = keys.to_vec();
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+        let events = events.to_vec();
         self.with_conn(move |conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT count(*), min(at) FROM login_failures WHERE key = ?1 AND at >= ?2")
-                .map_err(sqlite_err)?;
-            keys.iter()
-                .map(|key| {
-                    stmt.query_row(params![key, micros(since)], |r| {
-                        Ok(FailureWindow {
-                            count: r.get::<_, i64>(0)? as u32,
-                            oldest: opt_instant(r.get(1)?),
-                        })
-                    })
-                    .map_err(sqlite_err)
-                })
-                .collect()
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            append(&tx, &events)?;
+            tx.commit().map_err(sqlite_err)
         })
         .await
     }
 
-    async fn clear_login_failures(&self, key: &str) -> Result<()> {
-        let key = key.to_owned();
-        self.with_conn(move |c| {
-            c.execute("DELETE FROM login_failures WHERE key = ?1", [key]).map(drop).map_err(sqlite_err)
+    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash
+                       FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map(params![after, limit], RawRecord::read)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sqlite_err)?;
+            rows.into_iter().map(RawRecord::into_record).collect()
         })
         .await
     }

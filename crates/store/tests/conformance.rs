@@ -3,11 +3,17 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bouncer_core::{email::Email, token::RefreshToken};
-use bouncer_store::{
-    Migration, NewSession, NewUser, Rotation, Store, StoreError, postgres::PgStore, sqlite::SqliteStore,
-    testing::TestDatabase,
+use bouncer_core::{
+    audit::{Action, AuditContext, AuditEvent, Outcome},
+    email::Email,
+    throttle::ThrottleDecision,
+    token::RefreshToken,
 };
+use bouncer_store::{
+    LoginAttempt, Migration, NewSession, NewUser, Rotation, SettledAttempt, Store, StoreError,
+    postgres::PgStore, sqlite::SqliteStore, testing::TestDatabase,
+};
+use serde_json::json;
 use time::{OffsetDateTime, macros::datetime};
 use uuid::Uuid;
 
@@ -62,7 +68,11 @@ conformance!(
     logout_revokes_only_that_session,
     logout_all_revokes_every_session_and_sets_revoked_before,
     password_change_keeps_the_current_session,
-    login_failures_count_within_the_window,
+    login_attempts_are_reserved_and_throttled,
+    parallel_attempts_cannot_exceed_the_limit,
+    a_session_settles_its_login_attempt,
+    every_change_is_audited_in_one_intact_chain,
+    concurrent_appends_form_one_chain,
     ping_answers,
 );
 
@@ -74,13 +84,16 @@ fn token(seed: u8) -> RefreshToken {
 
 async fn new_user(store: &Arc<dyn Store>, email: &str) -> bouncer_store::User {
     store
-        .create_user(NewUser {
-            id: Uuid::now_v7(),
-            email: Email::parse(email).unwrap(),
-            password_hash: "$argon2id$fake".into(),
-            roles: vec!["user".into()],
-            now: T0,
-        })
+        .create_user(
+            NewUser {
+                id: Uuid::now_v7(),
+                email: Email::parse(email).unwrap(),
+                password_hash: "$argon2id$fake".into(),
+                roles: vec!["user".into()],
+                now: T0,
+            },
+            event(Action::UserCreated),
+        )
         .await
         .unwrap()
 }
@@ -88,16 +101,28 @@ async fn new_user(store: &Arc<dyn Store>, email: &str) -> bouncer_store::User {
 async fn new_session(store: &Arc<dyn Store>, user_id: Uuid, seed: u8) -> Uuid {
     let id = Uuid::now_v7();
     store
-        .create_session(NewSession {
-            id,
-            user_id,
-            refresh_token: token(seed).hash(),
-            now: T0,
-            expires_at: T0 + Duration::from_secs(3600),
-        })
+        .create_session(
+            NewSession {
+                id,
+                user_id,
+                refresh_token: token(seed).hash(),
+                now: T0,
+                expires_at: T0 + Duration::from_secs(3600),
+                attempt: None,
+            },
+            event(Action::LoginSucceeded),
+        )
         .await
         .unwrap();
     id
+}
+
+fn ctx() -> AuditContext {
+    AuditContext { actor: Some("conformance".into()), ip: Some("192.0.2.1".into()), ..Default::default() }
+}
+
+fn event(action: Action) -> AuditEvent {
+    ctx().event(T0, action, Some("subject".into()), Outcome::Success, &json!({"test": true}))
 }
 
 async fn migrate_is_idempotent_and_seeds_builtin_roles(store: Arc<dyn Store>) {
@@ -115,13 +140,16 @@ async fn users_are_unique_by_case_folded_email(store: Arc<dyn Store>) {
     assert_eq!(user.roles, ["user"]);
     assert_eq!(user.created_at, T0);
     let dup = store
-        .create_user(NewUser {
-            id: Uuid::now_v7(),
-            email: Email::parse("ALICE@example.COM").unwrap(),
-            password_hash: "x".into(),
-            roles: vec![],
-            now: T0,
-        })
+        .create_user(
+            NewUser {
+                id: Uuid::now_v7(),
+                email: Email::parse("ALICE@example.COM").unwrap(),
+                password_hash: "x".into(),
+                roles: vec![],
+                now: T0,
+            },
+            event(Action::UserCreated),
+        )
         .await;
     assert!(matches!(dup, Err(StoreError::EmailTaken)), "expected EmailTaken, got {dup:?}");
     let found = store.credential_by_email("alice@example.com").await.unwrap().expect("lookup by key");
@@ -140,13 +168,16 @@ async fn users_are_unique_by_case_folded_email(store: Arc<dyn Store>) {
 
 async fn unknown_role_creates_nothing(store: Arc<dyn Store>) {
     let result = store
-        .create_user(NewUser {
-            id: Uuid::now_v7(),
-            email: Email::parse("bob@example.com").unwrap(),
-            password_hash: "x".into(),
-            roles: vec!["user".into(), "wizard".into()],
-            now: T0,
-        })
+        .create_user(
+            NewUser {
+                id: Uuid::now_v7(),
+                email: Email::parse("bob@example.com").unwrap(),
+                password_hash: "x".into(),
+                roles: vec!["user".into(), "wizard".into()],
+                now: T0,
+            },
+            event(Action::UserCreated),
+        )
         .await;
     assert!(matches!(&result, Err(StoreError::UnknownRole(r)) if r == "wizard"), "got {result:?}");
     assert_eq!(store.credential_by_email("bob@example.com").await.unwrap(), None);
@@ -156,7 +187,7 @@ async fn refresh_tokens_rotate_once(store: Arc<dyn Store>) {
     let user = new_user(&store, "carol@example.com").await;
     let sid = new_session(&store, user.id, 1).await;
     let later = T0 + Duration::from_secs(60);
-    match store.rotate_refresh_token(token(1).hash(), token(2).hash(), later).await.unwrap() {
+    match store.rotate_refresh_token(token(1).hash(), token(2).hash(), later, &ctx()).await.unwrap() {
         Rotation::Rotated { session, user: u } => {
             assert_eq!(session.id, sid);
             assert_eq!(
@@ -168,9 +199,10 @@ async fn refresh_tokens_rotate_once(store: Arc<dyn Store>) {
         }
         other => panic!("expected Rotated, got {other:?}"),
     }
-    let next = store.rotate_refresh_token(token(2).hash(), token(3).hash(), later).await.unwrap();
+    let next = store.rotate_refresh_token(token(2).hash(), token(3).hash(), later, &ctx()).await.unwrap();
     assert!(matches!(next, Rotation::Rotated { .. }), "the rotated-to token must work, got {next:?}");
-    let unknown = store.rotate_refresh_token(token(99).hash(), token(100).hash(), later).await.unwrap();
+    let unknown =
+        store.rotate_refresh_token(token(99).hash(), token(100).hash(), later, &ctx()).await.unwrap();
     assert_eq!(unknown, Rotation::Invalid);
     let (session, _) = store.session(sid).await.unwrap().unwrap();
     assert!(session.is_live(later));
@@ -180,12 +212,12 @@ async fn reused_refresh_token_revokes_the_session(store: Arc<dyn Store>) {
     let user = new_user(&store, "dave@example.com").await;
     let sid = new_session(&store, user.id, 1).await;
     let now = T0 + Duration::from_secs(10);
-    store.rotate_refresh_token(token(1).hash(), token(2).hash(), now).await.unwrap();
-    let replay = store.rotate_refresh_token(token(1).hash(), token(3).hash(), now).await.unwrap();
+    store.rotate_refresh_token(token(1).hash(), token(2).hash(), now, &ctx()).await.unwrap();
+    let replay = store.rotate_refresh_token(token(1).hash(), token(3).hash(), now, &ctx()).await.unwrap();
     assert_eq!(replay, Rotation::Reused { session_id: sid, user_id: user.id });
     let (session, _) = store.session(sid).await.unwrap().unwrap();
     assert_eq!(session.revoked_at, Some(now));
-    let legit = store.rotate_refresh_token(token(2).hash(), token(4).hash(), now).await.unwrap();
+    let legit = store.rotate_refresh_token(token(2).hash(), token(4).hash(), now, &ctx()).await.unwrap();
     assert_eq!(legit, Rotation::Invalid, "the family must die with the reuse");
 }
 
@@ -197,7 +229,7 @@ async fn concurrent_rotation_has_exactly_one_winner(store: Arc<dyn Store>) {
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                store.rotate_refresh_token(token(1).hash(), token(10 + i).hash(), now).await
+                store.rotate_refresh_token(token(1).hash(), token(10 + i).hash(), now, &ctx()).await
             })
         })
         .collect();
@@ -217,12 +249,12 @@ async fn expired_session_does_not_rotate_or_spend(store: Arc<dyn Store>) {
     new_session(&store, user.id, 1).await;
     let after = T0 + Duration::from_secs(3600);
     assert_eq!(
-        store.rotate_refresh_token(token(1).hash(), token(2).hash(), after).await.unwrap(),
+        store.rotate_refresh_token(token(1).hash(), token(2).hash(), after, &ctx()).await.unwrap(),
         Rotation::Invalid
     );
     // The refused attempt rolled back: presenting it again is not "reuse".
     assert_eq!(
-        store.rotate_refresh_token(token(1).hash(), token(3).hash(), after).await.unwrap(),
+        store.rotate_refresh_token(token(1).hash(), token(3).hash(), after, &ctx()).await.unwrap(),
         Rotation::Invalid
     );
 }
@@ -232,13 +264,17 @@ async fn logout_revokes_only_that_session(store: Arc<dyn Store>) {
     let a = new_session(&store, user.id, 1).await;
     let b = new_session(&store, user.id, 2).await;
     let now = T0 + Duration::from_secs(1);
-    assert_eq!(store.revoke_session_by_token(token(1).hash(), now).await.unwrap(), Some(a));
-    assert_eq!(store.revoke_session_by_token(token(1).hash(), now).await.unwrap(), Some(a), "idempotent");
-    assert_eq!(store.revoke_session_by_token(token(77).hash(), now).await.unwrap(), None);
+    assert_eq!(store.revoke_session_by_token(token(1).hash(), now, &ctx()).await.unwrap(), Some(a));
+    assert_eq!(
+        store.revoke_session_by_token(token(1).hash(), now, &ctx()).await.unwrap(),
+        Some(a),
+        "idempotent"
+    );
+    assert_eq!(store.revoke_session_by_token(token(77).hash(), now, &ctx()).await.unwrap(), None);
     assert!(!store.session(a).await.unwrap().unwrap().0.is_live(now));
     assert!(store.session(b).await.unwrap().unwrap().0.is_live(now));
     assert_eq!(
-        store.rotate_refresh_token(token(1).hash(), token(3).hash(), now).await.unwrap(),
+        store.rotate_refresh_token(token(1).hash(), token(3).hash(), now, &ctx()).await.unwrap(),
         Rotation::Invalid
     );
 }
@@ -249,7 +285,7 @@ async fn logout_all_revokes_every_session_and_sets_revoked_before(store: Arc<dyn
     let other = new_user(&store, "ivy@example.com").await;
     let bystander = new_session(&store, other.id, 3).await;
     let now = T0 + Duration::from_millis(2_500);
-    let mut revoked = store.revoke_all_sessions(user.id, now).await.unwrap();
+    let mut revoked = store.revoke_all_sessions(user.id, now, &ctx()).await.unwrap();
     revoked.sort();
     sids.sort();
     assert_eq!(revoked, sids);
@@ -265,32 +301,174 @@ async fn password_change_keeps_the_current_session(store: Arc<dyn Store>) {
     let keep = new_session(&store, user.id, 1).await;
     let other = new_session(&store, user.id, 2).await;
     let now = T0 + Duration::from_secs(3);
-    let revoked = store.change_password(user.id, "$argon2id$changed", Some(keep), now).await.unwrap();
+    let revoked = store.change_password(user.id, "$argon2id$changed", Some(keep), now, &ctx()).await.unwrap();
     assert_eq!(revoked, [other]);
     assert!(store.session(keep).await.unwrap().unwrap().0.is_live(now));
     assert_eq!(store.credential(user.id).await.unwrap().unwrap().password_hash, "$argon2id$changed");
-    let all = store.change_password(user.id, "$argon2id$again", None, now).await.unwrap();
+    let all = store.change_password(user.id, "$argon2id$again", None, now, &ctx()).await.unwrap();
     assert_eq!(all, [keep]);
 }
 
-async fn login_failures_count_within_the_window(store: Arc<dyn Store>) {
-    let keys = ["account:a@example.com".to_owned(), "ip:192.0.2.1".to_owned()];
-    for s in 0..3 {
-        let at = T0 + Duration::from_secs(s * 60);
-        store.record_login_failure(&keys, at, at - Duration::from_secs(900)).await.unwrap();
+fn attempt(keys: &[(&str, u32)], now: OffsetDateTime) -> LoginAttempt {
+    LoginAttempt {
+        id: Uuid::now_v7(),
+        keys: keys.iter().map(|(k, m)| (k.to_string(), *m)).collect(),
+        window: Duration::from_secs(900),
+        now,
     }
-    let w = store.login_failures(&keys, T0).await.unwrap();
-    assert_eq!(w.iter().map(|w| (w.count, w.oldest)).collect::<Vec<_>>(), [(3, Some(T0)), (3, Some(T0))]);
-    let later = T0 + Duration::from_secs(60);
-    let w = store.login_failures(&[keys[1].clone(), "ip:unseen".into()], later).await.unwrap();
-    assert_eq!(w.iter().map(|w| (w.count, w.oldest)).collect::<Vec<_>>(), [(2, Some(later)), (0, None)]);
-    // A later failure prunes everything older than its window, for all keys.
-    let late = T0 + Duration::from_secs(3600);
-    store.record_login_failure(&keys[..1], late, late - Duration::from_secs(900)).await.unwrap();
-    assert_eq!(store.login_failures(&keys[1..], T0).await.unwrap()[0].count, 0);
-    store.clear_login_failures(&keys[0]).await.unwrap();
-    let w = store.login_failures(&keys[..1], T0).await.unwrap();
-    assert_eq!((w[0].count, w[0].oldest), (0, None));
+}
+
+async fn login_attempts_are_reserved_and_throttled(store: Arc<dyn Store>) {
+    let keys = [("account:a@example.com", 3), ("ip:192.0.2.1", 10)];
+    // Three failed attempts use up the account's allowance...
+    for s in 0..3 {
+        let a = attempt(&keys, T0 + Duration::from_secs(s * 60));
+        assert_eq!(store.begin_login_attempt(&a).await.unwrap(), ThrottleDecision::Allow);
+        store.finish_login_attempt(a.id, false, Some(event(Action::LoginFailed))).await.unwrap();
+    }
+    // ...so the fourth is refused until the first failure leaves the window.
+    let refused = store.begin_login_attempt(&attempt(&keys, T0 + Duration::from_secs(300))).await.unwrap();
+    assert_eq!(refused, ThrottleDecision::Deny { retry_after_secs: 600 });
+    let later = store.begin_login_attempt(&attempt(&keys, T0 + Duration::from_secs(900))).await.unwrap();
+    assert_eq!(later, ThrottleDecision::Allow, "a failure leaving the window frees one attempt");
+    // The IP key saw every allowed attempt; another account from it is fine.
+    let other = attempt(&[("account:b@example.com", 3), ("ip:192.0.2.1", 10)], T0 + Duration::from_secs(901));
+    assert_eq!(store.begin_login_attempt(&other).await.unwrap(), ThrottleDecision::Allow);
+    // A forgiven attempt (right password) leaves no failure behind.
+    store.finish_login_attempt(other.id, true, None).await.unwrap();
+    for _ in 0..3 {
+        let a = attempt(&[("account:b@example.com", 1)], T0 + Duration::from_secs(902));
+        assert_eq!(store.begin_login_attempt(&a).await.unwrap(), ThrottleDecision::Allow);
+        store.finish_login_attempt(a.id, true, None).await.unwrap();
+    }
+}
+
+async fn parallel_attempts_cannot_exceed_the_limit(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .begin_login_attempt(&attempt(
+                        &[("account:c@example.com", 5), ("ip:198.51.100.1", 50)],
+                        T0,
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    let mut allowed = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() == ThrottleDecision::Allow {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 5, "exactly the limit of parallel guesses may proceed");
+}
+
+async fn a_session_settles_its_login_attempt(store: Arc<dyn Store>) {
+    let user = new_user(&store, "dora@example.com").await;
+    let key = "account:dora@example.com";
+    for _ in 0..2 {
+        let a = attempt(&[(key, 3)], T0);
+        store.begin_login_attempt(&a).await.unwrap();
+        store.finish_login_attempt(a.id, false, None).await.unwrap();
+    }
+    let winning = attempt(&[(key, 3), ("ip:192.0.2.9", 1)], T0);
+    assert_eq!(store.begin_login_attempt(&winning).await.unwrap(), ThrottleDecision::Allow);
+    store
+        .create_session(
+            NewSession {
+                id: Uuid::now_v7(),
+                user_id: user.id,
+                refresh_token: token(40).hash(),
+                now: T0,
+                expires_at: T0 + Duration::from_secs(3600),
+                attempt: Some(SettledAttempt { id: winning.id, account_key: key.into() }),
+            },
+            event(Action::LoginSucceeded),
+        )
+        .await
+        .unwrap();
+    // The account starts afresh and the winning attempt's IP row is gone.
+    for _ in 0..3 {
+        let a = attempt(&[(key, 3)], T0);
+        assert_eq!(store.begin_login_attempt(&a).await.unwrap(), ThrottleDecision::Allow);
+    }
+    assert_eq!(
+        store.begin_login_attempt(&attempt(&[("ip:192.0.2.9", 1)], T0)).await.unwrap(),
+        ThrottleDecision::Allow
+    );
+}
+
+async fn every_change_is_audited_in_one_intact_chain(store: Arc<dyn Store>) {
+    let user = new_user(&store, "abe@example.com").await;
+    let sid = new_session(&store, user.id, 1).await;
+    let now = T0 + Duration::from_secs(1);
+    store.rotate_refresh_token(token(1).hash(), token(2).hash(), now, &ctx()).await.unwrap();
+    store.rotate_refresh_token(token(1).hash(), token(3).hash(), now, &ctx()).await.unwrap();
+    let other = new_session(&store, user.id, 4).await;
+    store.revoke_session_by_token(token(4).hash(), now, &ctx()).await.unwrap();
+    store.change_password(user.id, "x", None, now, &ctx()).await.unwrap();
+    store.revoke_all_sessions(user.id, now, &ctx()).await.unwrap();
+    // A refused change records nothing.
+    assert_eq!(
+        store.rotate_refresh_token(token(77).hash(), token(78).hash(), now, &ctx()).await.unwrap(),
+        Rotation::Invalid
+    );
+
+    let records = store.audit_records(0, 100).await.unwrap();
+    let actions: Vec<&str> = records.iter().map(|r| r.event.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "user.created",
+            "auth.login.succeeded",
+            "auth.refresh",
+            "auth.refresh.reuse_detected",
+            "auth.login.succeeded",
+            "auth.logout",
+            "user.password.changed",
+            "auth.logout",
+        ]
+    );
+    let refresh = &records[2].event;
+    assert_eq!(refresh.actor.as_deref(), Some(user.id.to_string().as_str()), "a refresh is done by its user");
+    assert_eq!(refresh.subject.as_deref(), Some(user.id.to_string().as_str()));
+    assert_eq!(refresh.details, format!("{{\"session_id\":\"{sid}\"}}"));
+    assert_eq!(refresh.ip.as_deref(), Some("192.0.2.1"));
+    assert_eq!(records[3].event.outcome, Outcome::Denied);
+    assert_eq!(records[5].event.details, format!("{{\"session_id\":\"{other}\"}}"));
+    let (count, head) = bouncer_store::verify_audit_chain(&*store).await.unwrap().unwrap();
+    assert_eq!((count, head), (8, records[7].hash));
+    // Paging: after a seq, in order.
+    let tail = store.audit_records(6, 100).await.unwrap();
+    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 8]);
+}
+
+async fn concurrent_appends_form_one_chain(store: Arc<dyn Store>) {
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..63 {
+                    let e = ctx().event(
+                        T0,
+                        Action::GatewayDenied,
+                        Some(format!("w{w}-{i}")),
+                        Outcome::Denied,
+                        &json!({}),
+                    );
+                    store.append_audit(&[e]).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let (count, _) = bouncer_store::verify_audit_chain(&*store).await.unwrap().expect("one intact chain");
+    assert_eq!(count, 8 * 63);
 }
 
 async fn ping_answers(store: Arc<dyn Store>) {

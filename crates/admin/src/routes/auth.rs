@@ -7,14 +7,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bouncer_core::{
+    audit::{Action, Outcome},
     claims::{AccessClaims, NewAccessToken},
     email::{Email, MAX_EMAIL_LEN, lookup_key},
     role::SIGNUP_ROLE,
-    throttle::{self, ThrottleDecision},
+    throttle::ThrottleDecision,
     token::{self, REFRESH_TOKEN_BYTES, RefreshToken},
 };
-use bouncer_store::{NewSession, NewUser, Rotation, User};
+use bouncer_store::{LoginAttempt, NewSession, NewUser, Rotation, SettledAttempt, User};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -66,16 +68,17 @@ pub async fn signup(
         return Err(ApiError::EmailTaken);
     }
     let password_hash = state.passwords.hash(body.password).await?;
-    let user = state
-        .store
-        .create_user(NewUser {
-            id: Uuid::now_v7(),
-            email,
-            password_hash,
-            roles: vec![SIGNUP_ROLE.into()],
-            now,
-        })
-        .await?;
+    let id = Uuid::now_v7();
+    let details = json!({ "email": email.as_str(), "roles": [SIGNUP_ROLE] });
+    let audit = client.audit(Some(id.to_string())).event(
+        now,
+        Action::UserSignup,
+        Some(id.to_string()),
+        Outcome::Success,
+        &details,
+    );
+    let new = NewUser { id, email, password_hash, roles: vec![SIGNUP_ROLE.into()], now };
+    let user = state.store.create_user(new, audit).await?;
     state.metrics.signup();
     tracing::info!(user_id = %user.id, ip = %client.ip, "user signed up");
     Ok((StatusCode::CREATED, Json(UserView::from(user))))
@@ -100,10 +103,10 @@ pub async fn login(
         return Err(field_error_response("email", format!("must be 1 to {MAX_EMAIL_LEN} characters")));
     }
     let account_key = format!("account:{email_key}");
-    let ip_key = format!("ip:{}", client.ip);
-    let account_failures = check_throttle(&state, &account_key, &ip_key, now).await?;
+    let attempt = begin_attempt(&state, &account_key, &client, now).await?;
 
-    // Unknown emails verify against a dummy hash: same status, body and time.
+    // Unknown emails verify against a dummy hash: same status, body, work
+    // and store round trips as a wrong password.
     let credential = state.store.credential_by_email(&email_key).await?;
     let verified = match &credential {
         Some(c) => state.passwords.verify(body.password.clone(), c.password_hash.clone()).await?,
@@ -113,20 +116,24 @@ pub async fn login(
         }
     };
     state.metrics.password_verified();
+    let subject = credential.as_ref().map(|c| c.user.id.to_string());
     let Some(credential) = credential.filter(|_| verified.matches) else {
-        let window = state.config.login_throttle.window.get();
-        state.store.record_login_failure(&[account_key, ip_key], now, now - window).await?;
+        let reason = if subject.is_some() { "wrong_password" } else { "unknown_email" };
+        let details = json!({ "email": email_key, "reason": reason });
+        let audit = client.audit(None).event(now, Action::LoginFailed, subject, Outcome::Failure, &details);
+        state.store.finish_login_attempt(attempt, false, Some(audit)).await?;
         state.metrics.login("invalid_credentials");
         tracing::info!(ip = %client.ip, "login failed");
         return Err(ApiError::InvalidCredentials);
     };
     let user = credential.user;
     if user.is_banned() {
+        // The right password: not a guess, so the attempt is forgiven.
+        let details = json!({ "email": email_key, "reason": "banned" });
+        let audit = client.audit(None).event(now, Action::LoginFailed, subject, Outcome::Denied, &details);
+        state.store.finish_login_attempt(attempt, true, Some(audit)).await?;
         state.metrics.login("banned");
         return Err(ApiError::Banned);
-    }
-    if account_failures > 0 {
-        state.store.clear_login_failures(&account_key).await?;
     }
     if verified.needs_rehash {
         match state.passwords.hash(body.password).await {
@@ -143,16 +150,23 @@ pub async fn login(
 
     let refresh = RefreshToken::from_random(random_bytes()?);
     let session_id = Uuid::now_v7();
-    state
-        .store
-        .create_session(NewSession {
-            id: session_id,
-            user_id: user.id,
-            refresh_token: refresh.hash(),
-            now,
-            expires_at: now + state.config.refresh_token_ttl.get(),
-        })
-        .await?;
+    let user_id = user.id.to_string();
+    let audit = client.audit(Some(user_id.clone())).event(
+        now,
+        Action::LoginSucceeded,
+        Some(user_id),
+        Outcome::Success,
+        &json!({ "session_id": session_id }),
+    );
+    let new = NewSession {
+        id: session_id,
+        user_id: user.id,
+        refresh_token: refresh.hash(),
+        now,
+        expires_at: now + state.config.refresh_token_ttl.get(),
+        attempt: Some(SettledAttempt { id: attempt, account_key }),
+    };
+    state.store.create_session(new, audit).await?;
     let response = token_response(&state, &user, session_id, &refresh, now)?;
     state.metrics.login("succeeded");
     tracing::info!(user_id = %user.id, session_id = %session_id, ip = %client.ip, "login succeeded");
@@ -171,7 +185,7 @@ pub async fn refresh(
     };
     let next = RefreshToken::from_random(random_bytes()?);
     // The rotation is committed before an access token is minted.
-    match state.store.rotate_refresh_token(presented, next.hash(), now).await? {
+    match state.store.rotate_refresh_token(presented, next.hash(), now, &client.audit(None)).await? {
         Rotation::Rotated { session, user } => {
             let response = token_response(&state, &user, session.id, &next, now)?;
             state.metrics.refresh("rotated");
@@ -194,11 +208,13 @@ pub async fn refresh(
 /// tell a prober which tokens exist.
 pub async fn logout(
     State(state): State<AppState>,
+    client: ClientInfo,
     JsonBody(body): JsonBody<RefreshBody>,
 ) -> Result<StatusCode, ApiError> {
     let now = OffsetDateTime::now_utc();
     if let Some(presented) = token::hash_presented(&body.refresh_token)
-        && let Some(session_id) = state.store.revoke_session_by_token(presented, now).await?
+        && let Some(session_id) =
+            state.store.revoke_session_by_token(presented, now, &client.audit(None)).await?
     {
         state.metrics.logout("session");
         tracing::info!(%session_id, "session logged out");
@@ -206,43 +222,45 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn logout_all(State(state): State<AppState>, auth: Authenticated) -> Result<StatusCode, ApiError> {
+pub async fn logout_all(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    auth: Authenticated,
+) -> Result<StatusCode, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let revoked = state.store.revoke_all_sessions(auth.user.id, now).await?;
+    let ctx = client.audit(Some(auth.user.id.to_string()));
+    let revoked = state.store.revoke_all_sessions(auth.user.id, now, &ctx).await?;
     state.metrics.logout("all");
     tracing::info!(user_id = %auth.user.id, sessions = revoked.len(), "all sessions logged out");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Refuses when the account or the client IP has too many recent failures.
-/// Returns the account's failure count, so a successful login clears it
-/// only when there is something to clear.
-pub(super) async fn check_throttle(
+/// Starts a password check under the login throttle: refuses with 429 when
+/// the account or the client IP has too many recent failures; otherwise
+/// the attempt is counted (as a failure until settled) and its id returned.
+pub(super) async fn begin_attempt(
     state: &AppState,
     account_key: &str,
-    ip_key: &str,
+    client: &ClientInfo,
     now: OffsetDateTime,
-) -> Result<u32, ApiError> {
+) -> Result<Uuid, ApiError> {
     let limits = &state.config.login_throttle;
-    let window = limits.window.get();
-    let keys = [account_key.to_owned(), ip_key.to_owned()];
-    let seen = state.store.login_failures(&keys, now - window).await?;
-    let (account, ip) = match seen[..] {
-        [account, ip] => (account, ip),
-        _ => return Err(ApiError::Internal("store returned the wrong number of throttle windows".into())),
+    let attempt = LoginAttempt {
+        id: Uuid::now_v7(),
+        keys: vec![
+            (account_key.to_owned(), limits.max_failures),
+            (format!("ip:{}", client.ip), limits.max_failures_per_ip),
+        ],
+        window: limits.window.get(),
+        now,
     };
-    let retry_after = [(account, limits.max_failures), (ip, limits.max_failures_per_ip)]
-        .into_iter()
-        .filter_map(|(seen, max)| match throttle::decide(seen, max, window, now) {
-            ThrottleDecision::Deny { retry_after_secs } => Some(retry_after_secs),
-            ThrottleDecision::Allow => None,
-        })
-        .max();
-    if let Some(retry_after_secs) = retry_after {
-        state.metrics.login("throttled");
-        return Err(ApiError::Throttled { retry_after_secs });
+    match state.store.begin_login_attempt(&attempt).await? {
+        ThrottleDecision::Allow => Ok(attempt.id),
+        ThrottleDecision::Deny { retry_after_secs } => {
+            state.metrics.login("throttled");
+            Err(ApiError::Throttled { retry_after_secs })
+        }
     }
-    Ok(account.count)
 }
 
 fn token_response(

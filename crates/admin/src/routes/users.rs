@@ -1,8 +1,10 @@
 //! `/users/me`: the caller's own account.
 
 use axum::{Json, extract::State, http::StatusCode};
+use bouncer_core::audit::{Action, Outcome};
 use bouncer_store::User;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -55,20 +57,23 @@ pub async fn change_password(
         return Err(ApiError::InvalidCredentials);
     }
     // A stolen access token must not become an oracle for the password.
+    let user_id = auth.user.id.to_string();
     let account_key = format!("account:{}", bouncer_core::email::lookup_key(&auth.user.email));
-    let ip_key = format!("ip:{}", client.ip);
-    super::auth::check_throttle(&state, &account_key, &ip_key, now).await?;
+    let attempt = super::auth::begin_attempt(&state, &account_key, &client, now).await?;
     let credential =
         state.store.credential(auth.user.id).await?.ok_or(ApiError::InvalidToken("user deleted"))?;
     let verified = state.passwords.verify(body.current_password, credential.password_hash).await?;
     state.metrics.password_verified();
+    let ctx = client.audit(Some(user_id.clone()));
     if !verified.matches {
-        let window = state.config.login_throttle.window.get();
-        state.store.record_login_failure(&[account_key, ip_key], now, now - window).await?;
+        let details = json!({ "reason": "wrong_current_password" });
+        let audit = ctx.event(now, Action::PasswordChanged, Some(user_id), Outcome::Failure, &details);
+        state.store.finish_login_attempt(attempt, false, Some(audit)).await?;
         return Err(ApiError::InvalidCredentials);
     }
+    state.store.finish_login_attempt(attempt, true, None).await?;
     let hash = state.passwords.hash(body.new_password).await?;
-    let revoked = state.store.change_password(auth.user.id, &hash, Some(auth.claims.sid), now).await?;
+    let revoked = state.store.change_password(auth.user.id, &hash, Some(auth.claims.sid), now, &ctx).await?;
     state.metrics.password_changed();
     tracing::info!(user_id = %auth.user.id, revoked_sessions = revoked.len(), "password changed");
     Ok(StatusCode::NO_CONTENT)

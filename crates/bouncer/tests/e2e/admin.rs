@@ -7,19 +7,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{Admin, Backend, PASSWORD, expect_json, expect_problem};
 
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod on_sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Sqlite).await })*
-        }
-        mod on_postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Postgres).await })*
-        }
-    };
-}
-
 on_both_backends!(
     signup_login_and_me,
     bad_input_gets_problem_documents,

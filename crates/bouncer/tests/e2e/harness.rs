@@ -188,6 +188,11 @@ impl Admin {
         run_cli(&self.config_path(), args, stdin).await
     }
 
+    /// The same database the process uses, opened directly.
+    pub async fn store(&self) -> std::sync::Arc<dyn bouncer_store::Store> {
+        bouncer_store::open(&self.database_url, 2).await.unwrap()
+    }
+
     /// The value of a metric line (name with labels), or 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.get("/metrics").await.text().await.unwrap();
