@@ -17,7 +17,9 @@ pub mod routes;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, middleware};
+use bouncer_core::revocation::Revocation;
 use bouncer_core::{claims::Expectations, config::AdminConfig};
+use bouncer_shared_state::RevocationBus;
 use bouncer_store::Store;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -31,10 +33,23 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: AdminConfig,
     pub store: Arc<dyn Store>,
+    /// Where committed revocations are announced to token verifiers.
+    pub bus: Arc<dyn RevocationBus>,
     pub keys: KeyStore,
     pub passwords: Passwords,
     pub metrics: Metrics,
     pub expectations: Expectations,
+}
+
+impl Inner {
+    /// Announces committed revocations on the bus (after the transaction
+    /// that recorded them, never before).
+    pub fn announce(&self, revocations: &[Revocation]) {
+        if !revocations.is_empty() {
+            self.bus.publish(revocations);
+            self.metrics.revoked(revocations.len());
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -47,7 +62,11 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Loads (or creates) the signing keys and prepares the hasher. The
     /// store must already be migrated.
-    pub fn new(config: AdminConfig, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: AdminConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn RevocationBus>,
+    ) -> anyhow::Result<Self> {
         let keys = KeyStore::open(
             &config.keys_dir,
             config.access_token_ttl.get(),
@@ -60,6 +79,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             config,
             store,
+            bus,
             keys,
             passwords,
             metrics: Metrics::default(),

@@ -26,6 +26,9 @@ pub struct Metrics {
     signups: Counter,
     password_changes: Counter,
     password_verifications: Counter,
+    revocations: Counter,
+    bans: Counter,
+    audit_appends: Counter,
     hash_queue: Gauge,
 }
 
@@ -40,6 +43,9 @@ impl Default for Metrics {
             signups: Counter::default(),
             password_changes: Counter::default(),
             password_verifications: Counter::default(),
+            revocations: Counter::default(),
+            bans: Counter::default(),
+            audit_appends: Counter::default(),
             hash_queue: Gauge::default(),
             registry: Registry::default(),
         };
@@ -62,6 +68,9 @@ impl Default for Metrics {
             "Argon2 verifications run, including the dummy one for unknown emails",
             m.password_verifications.clone(),
         );
+        registry.register("revocations", "Revocations announced to token verifiers", m.revocations.clone());
+        registry.register("bans", "Users banned", m.bans.clone());
+        registry.register("audit_appends", "Audit events appended by this process", m.audit_appends.clone());
         registry.register(
             "password_hash_queue",
             "Password hashes waiting for a CPU permit",
@@ -101,6 +110,19 @@ impl Metrics {
 
     pub fn password_verified(&self) {
         self.password_verifications.inc();
+    }
+
+    pub fn revoked(&self, n: usize) {
+        self.revocations.inc_by(n as u64);
+    }
+
+    pub fn banned(&self) {
+        self.bans.inc();
+    }
+
+    /// Counts one audit event written (by a committed store call).
+    pub fn audited(&self) {
+        self.audit_appends.inc();
     }
 
     pub fn password_changed(&self) {

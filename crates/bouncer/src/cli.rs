@@ -207,7 +207,9 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", admin.listen))?;
         let addr = listener.local_addr()?;
         let backend = store.backend();
-        let state = AppState::new(admin, store)?;
+        // Embedded and single-admin deployments: revocations travel in-process.
+        let bus = Arc::new(bouncer_shared_state::InProcessBus::default());
+        let state = AppState::new(admin, store, bus)?;
         tracing::info!(%addr, database = backend, kid = %state.keys.signing_kid(time::OffsetDateTime::now_utc()), "admin listening");
         bouncer_admin::serve(listener, state, shutdown_signal(), grace).await?;
         tracing::info!("admin stopped");

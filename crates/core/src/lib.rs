@@ -13,6 +13,7 @@ pub mod duration;
 pub mod email;
 pub mod password;
 pub mod problem;
+pub mod revocation;
 pub mod role;
 pub mod throttle;
 pub mod token;

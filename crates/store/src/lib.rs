@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use bouncer_core::{
     audit::{self, AuditContext, AuditEvent, AuditRecord},
     config::DatabaseUrl,
+    revocation::Revocation,
     throttle::ThrottleDecision,
     token::TokenHash,
 };
@@ -38,6 +39,16 @@ pub enum StoreError {
     EmailTaken,
     #[error("unknown role {0:?}")]
     UnknownRole(String),
+    #[error("not found")]
+    NotFound,
+    #[error("user is already banned")]
+    AlreadyBanned,
+    #[error("role already exists")]
+    RoleExists,
+    #[error("built-in roles cannot be deleted")]
+    BuiltinRole,
+    #[error("role is held by {0} user(s)")]
+    RoleInUse(u64),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
@@ -100,7 +111,7 @@ pub trait Store: Send + Sync + 'static {
         keep_session: Option<Uuid>,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Vec<Uuid>>;
+    ) -> Result<Vec<Revocation>>;
 
     /// Stores a session and its first refresh token, settles the login
     /// attempt that earned it (`new.attempt`), and appends `audit`.
@@ -128,7 +139,7 @@ pub trait Store: Send + Sync + 'static {
         presented: TokenHash,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Option<Uuid>>;
+    ) -> Result<Option<Revocation>>;
 
     /// Revokes every live session of the user, sets its revoked-before time
     /// to `now` (logout-all) and records `auth.logout`. Returns the ids.
@@ -137,7 +148,7 @@ pub trait Store: Send + Sync + 'static {
         user_id: Uuid,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Vec<Uuid>>;
+    ) -> Result<Vec<Revocation>>;
 
     /// Starts a password check under the login throttle, atomically: counts
     /// each key's failures in the window and, when every key is under its
@@ -164,6 +175,62 @@ pub trait Store: Send + Sync + 'static {
 
     /// All roles, by name.
     async fn roles(&self) -> Result<Vec<Role>>;
+
+    /// Creates a role (`RoleExists` when taken) and appends `audit`.
+    async fn create_role(&self, role: &Role, audit: AuditEvent) -> Result<()>;
+
+    /// Deletes a role: `NotFound`, `BuiltinRole`, or `RoleInUse` unless
+    /// `force`, which removes it from its holders and revokes their tokens.
+    /// Records `role.deleted`. Returns the revocations made.
+    async fn delete_role(
+        &self,
+        name: &str,
+        force: bool,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>>;
+
+    /// A page of users.
+    async fn list_users(&self, filter: &UserFilter) -> Result<Vec<User>>;
+
+    /// Replaces a user's roles (`NotFound`, `UnknownRole`) and records
+    /// `user.roles.changed`. Removing any role revokes every session of the
+    /// user at once; adding roles revokes nothing (a refresh shows them).
+    async fn set_roles(
+        &self,
+        user_id: Uuid,
+        roles: &[String],
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<(User, Vec<Revocation>)>;
+
+    /// Bans a user (`NotFound`, `AlreadyBanned`), revoking every session,
+    /// and records `user.banned` with the reason.
+    async fn ban_user(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<(User, Vec<Revocation>)>;
+
+    /// Lifts a ban (`NotFound`; idempotent) and records `user.unbanned`.
+    async fn unban_user(&self, user_id: Uuid, now: OffsetDateTime, ctx: &AuditContext) -> Result<User>;
+
+    /// Deletes a user and their sessions (`NotFound`); the audit history
+    /// stays. Records `user.deleted`. Returns the revocation made.
+    async fn delete_user(
+        &self,
+        user_id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>>;
+
+    /// A page of audit records, newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
+
+    /// Revocations made after `since`, oldest first (a gateway's snapshot).
+    async fn revocations_since(&self, since: OffsetDateTime) -> Result<Vec<Revocation>>;
 }
 
 /// Walks the whole audit chain in pages. `Ok(Ok((count, head_hash)))` when

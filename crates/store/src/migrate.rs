@@ -38,11 +38,15 @@ macro_rules! migration {
 pub const POSTGRES: &[Migration] = &[
     migration!(1, "identity", "postgres/0001_identity.sql"),
     migration!(2, "audit", "postgres/0002_audit.sql"),
+    migration!(3, "revocations", "postgres/0003_revocations.sql"),
 ];
 
 /// Migrations of the SQLite store, in order.
-pub const SQLITE: &[Migration] =
-    &[migration!(1, "identity", "sqlite/0001_identity.sql"), migration!(2, "audit", "sqlite/0002_audit.sql")];
+pub const SQLITE: &[Migration] = &[
+    migration!(1, "identity", "sqlite/0001_identity.sql"),
+    migration!(2, "audit", "sqlite/0002_audit.sql"),
+    migration!(3, "revocations", "sqlite/0003_revocations.sql"),
+];
 
 /// What a migration run did.
 #[derive(Clone, Debug, PartialEq, Eq)]

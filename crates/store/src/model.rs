@@ -1,6 +1,6 @@
 //! Domain types the store reads and writes. Rows never leave the backends.
 
-use bouncer_core::{email::Email, token::TokenHash};
+use bouncer_core::{email::Email, revocation::Revocation, token::TokenHash};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -15,6 +15,7 @@ pub struct User {
     /// Access tokens issued (`iat`) before this are dead.
     pub revoked_before: Option<OffsetDateTime>,
     pub banned_at: Option<OffsetDateTime>,
+    pub ban_reason: Option<String>,
 }
 
 impl User {
@@ -107,7 +108,7 @@ pub enum Rotation {
     Rotated { session: Session, user: User },
     /// The token had already been rotated: someone replayed it. The session
     /// is now revoked (reason `reuse_detected`).
-    Reused { session_id: Uuid, user_id: Uuid },
+    Reused { session_id: Uuid, user_id: Uuid, revocation: Revocation },
     /// Unknown token, expired or revoked session, or banned user.
     Invalid,
 }
@@ -118,4 +119,27 @@ pub struct Role {
     pub name: String,
     pub description: String,
     pub builtin: bool,
+}
+
+/// A page of users for `GET /admin/users`, in id (= creation) order.
+#[derive(Clone, Debug, Default)]
+pub struct UserFilter {
+    /// Case-folded email prefix.
+    pub email_prefix: Option<String>,
+    /// Only users with an id greater than this (the cursor).
+    pub after: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// A page of audit records for `GET /admin/audit`, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub subject: Option<String>,
+    pub action: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    /// Only records with a seq lower than this (the cursor).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
 }

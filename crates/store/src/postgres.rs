@@ -5,6 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bouncer_core::{
     audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome},
+    revocation::{Revocation, RevocationKind},
     throttle::{self, FailureWindow, ThrottleDecision},
     token::TokenHash,
 };
@@ -15,8 +16,8 @@ use tokio_postgres::{NoTls, Row, error::SqlState};
 use uuid::Uuid;
 
 use crate::{
-    Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role, Rotation,
-    Session, Store, StoreError, User, migrate,
+    AuditFilter, Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role,
+    Rotation, Session, Store, StoreError, User, UserFilter, migrate,
 };
 
 /// How long a request waits for a connection, or to open one, before the
@@ -212,6 +213,9 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
         if *code == SqlState::UNIQUE_VIOLATION && db.constraint() == Some("users_email_key_unique") {
             return StoreError::EmailTaken;
         }
+        if *code == SqlState::UNIQUE_VIOLATION && db.constraint() == Some("roles_pkey") {
+            return StoreError::RoleExists;
+        }
         // Connection trouble, failover (a read-only standby, a crash
         // shutdown) and transient conflicts: retrying later can succeed.
         let unavailable = code.code().starts_with("08")
@@ -246,7 +250,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-const USER_COLUMNS: &str = "u.id, u.email, u.created_at, u.revoked_before, u.banned_at, u.password_hash,
+const USER_COLUMNS: &str = "u.id, u.email, u.created_at, u.revoked_before, u.banned_at, u.ban_reason, u.password_hash,
     COALESCE((SELECT array_agg(r.role ORDER BY r.role COLLATE \"C\") FROM user_roles r WHERE r.user_id = u.id), '{}') AS roles";
 
 fn user_from(row: &Row) -> User {
@@ -257,7 +261,82 @@ fn user_from(row: &Row) -> User {
         created_at: row.get("created_at"),
         revoked_before: row.get("revoked_before"),
         banned_at: row.get("banned_at"),
+        ban_reason: row.get("ban_reason"),
     }
+}
+
+/// Stores revocation records inside the caller's transaction.
+async fn record_revocations<C: GenericClient>(tx: &C, revocations: &[Revocation]) -> Result<()> {
+    if revocations.is_empty() {
+        return Ok(());
+    }
+    let insert = tx
+        .prepare_cached("INSERT INTO revocations (kind, id, user_id, at, reason) VALUES ($1, $2, $3, $4, $5)")
+        .await
+        .map_err(pg_err)?;
+    for r in revocations {
+        tx.execute(&insert, &[&r.kind.as_str(), &r.id, &r.user_id, &r.at, &r.reason])
+            .await
+            .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+/// Revokes every live session of `user_id` and its older tokens, for
+/// `reason`; records and returns the revocations.
+async fn revoke_user<C: GenericClient>(
+    tx: &C,
+    user_id: Uuid,
+    now: OffsetDateTime,
+    reason: &str,
+) -> Result<Vec<Revocation>> {
+    tx.execute("UPDATE users SET revoked_before = $2 WHERE id = $1", &[&user_id, &now])
+        .await
+        .map_err(pg_err)?;
+    let sessions = tx
+        .query(
+            "UPDATE sessions SET revoked_at = $2, revoke_reason = $3
+              WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 RETURNING id",
+            &[&user_id, &now, &reason],
+        )
+        .await
+        .map_err(pg_err)?;
+    let mut revocations = vec![Revocation::user(user_id, now, reason)];
+    revocations.extend(sessions.iter().map(|r| Revocation::session(r.get(0), user_id, now, reason)));
+    record_revocations(tx, &revocations).await?;
+    Ok(revocations)
+}
+
+/// The user row locked for update, or `NotFound`.
+async fn lock_user<C: GenericClient>(tx: &C, user_id: Uuid) -> Result<User> {
+    let row = tx
+        .query_opt(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1 FOR UPDATE"), &[&user_id])
+        .await
+        .map_err(pg_err)?;
+    row.as_ref().map(user_from).ok_or(StoreError::NotFound)
+}
+
+async fn reload_user<C: GenericClient>(tx: &C, user_id: Uuid) -> Result<User> {
+    let row = tx
+        .query_one(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"), &[&user_id])
+        .await
+        .map_err(pg_err)?;
+    Ok(user_from(&row))
+}
+
+/// `LIKE` pattern matching values that start with `prefix` literally
+/// (backslash is the default escape character in both databases' LIKE...
+/// except SQLite, whose queries say `ESCAPE '\'`).
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 fn credential_from(row: &Row) -> Credential {
@@ -395,13 +474,13 @@ impl Store for PgStore {
         keep_session: Option<Uuid>,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Vec<Uuid>> {
+    ) -> Result<Vec<Revocation>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         tx.execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash])
             .await
             .map_err(pg_err)?;
-        let revoked: Vec<Uuid> = tx
+        let revoked: Vec<Revocation> = tx
             .query(
                 "UPDATE sessions SET revoked_at = $3, revoke_reason = 'password_changed'
                   WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 RETURNING id",
@@ -410,9 +489,10 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| Revocation::session(r.get(0), id, now, "password_changed"))
             .collect();
-        let details = json!({ "revoked_sessions": revoked });
+        record_revocations(&tx, &revoked).await?;
+        let details = json!({ "revoked_sessions": revoked.iter().map(|r| r.id).collect::<Vec<_>>() });
         append(
             &tx,
             &[ctx.event(now, Action::PasswordChanged, Some(id.to_string()), Outcome::Success, &details)],
@@ -487,6 +567,8 @@ impl Store for PgStore {
                 .await
                 .map_err(pg_err)?
                 .get(0);
+            let revocation = Revocation::session(session_id, user_id, now, "reuse_detected");
+            record_revocations(&tx, std::slice::from_ref(&revocation)).await?;
             let details = json!({ "session_id": session_id });
             let event = ctx.event(
                 now,
@@ -497,7 +579,7 @@ impl Store for PgStore {
             );
             append(&tx, &[event]).await?;
             tx.commit().await.map_err(pg_err)?;
-            return Ok(Rotation::Reused { session_id, user_id });
+            return Ok(Rotation::Reused { session_id, user_id, revocation });
         };
         let session_id: Uuid = row.get(0);
         let Some((session, user)) = session_with_user(&tx, session_id).await? else {
@@ -528,7 +610,7 @@ impl Store for PgStore {
         presented: TokenHash,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Option<Uuid>> {
+    ) -> Result<Option<Revocation>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let row = tx
@@ -542,6 +624,8 @@ impl Store for PgStore {
             .map_err(pg_err)?;
         let Some(row) = row else { return Ok(None) };
         let (session_id, user_id): (Uuid, Uuid) = (row.get(0), row.get(1));
+        let revocation = Revocation::session(session_id, user_id, now, "logout");
+        record_revocations(&tx, std::slice::from_ref(&revocation)).await?;
         let actor = AuditContext { actor: Some(user_id.to_string()), ..ctx.clone() };
         let details = json!({ "session_id": session_id });
         append(
@@ -550,7 +634,7 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await.map_err(pg_err)?;
-        Ok(Some(session_id))
+        Ok(Some(revocation))
     }
 
     async fn revoke_all_sessions(
@@ -558,28 +642,17 @@ impl Store for PgStore {
         user_id: Uuid,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Vec<Uuid>> {
+    ) -> Result<Vec<Revocation>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        tx.execute("UPDATE users SET revoked_before = $2 WHERE id = $1", &[&user_id, &now])
-            .await
-            .map_err(pg_err)?;
-        let ids: Vec<Uuid> = tx
-            .query(
-                "UPDATE sessions SET revoked_at = $2, revoke_reason = 'logout_all'
-                  WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
-                &[&user_id, &now],
-            )
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let details = json!({ "all_sessions": true, "revoked_sessions": ids });
+        let revocations = revoke_user(&tx, user_id, now, "logout_all").await?;
+        let sessions: Vec<Uuid> =
+            revocations.iter().filter(|r| r.kind == RevocationKind::Session).map(|r| r.id).collect();
+        let details = json!({ "all_sessions": true, "revoked_sessions": sessions });
         append(&tx, &[ctx.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)])
             .await?;
         tx.commit().await.map_err(pg_err)?;
-        Ok(ids)
+        Ok(revocations)
     }
 
     async fn begin_login_attempt(&self, attempt: &LoginAttempt) -> Result<ThrottleDecision> {
@@ -652,6 +725,227 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         rows.iter().map(record_from).collect()
+    }
+
+    async fn create_role(&self, role: &Role, audit: AuditEvent) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO roles (name, description, builtin) VALUES ($1, $2, false)",
+            &[&role.name, &role.description],
+        )
+        .await
+        .map_err(pg_err)?;
+        append(&tx, &[audit]).await?;
+        tx.commit().await.map_err(pg_err)
+    }
+
+    async fn delete_role(
+        &self,
+        name: &str,
+        force: bool,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let role = tx
+            .query_opt("SELECT builtin FROM roles WHERE name = $1 FOR UPDATE", &[&name])
+            .await
+            .map_err(pg_err)?
+            .ok_or(StoreError::NotFound)?;
+        if role.get::<_, bool>(0) {
+            return Err(StoreError::BuiltinRole);
+        }
+        let holders: Vec<Uuid> = tx
+            .query("SELECT user_id FROM user_roles WHERE role = $1 ORDER BY user_id", &[&name])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !holders.is_empty() && !force {
+            return Err(StoreError::RoleInUse(holders.len() as u64));
+        }
+        let mut revocations = Vec::new();
+        for user_id in &holders {
+            revocations.extend(revoke_user(&tx, *user_id, now, "role_deleted").await?);
+        }
+        // ON DELETE CASCADE removes the role from its holders.
+        tx.execute("DELETE FROM roles WHERE name = $1", &[&name]).await.map_err(pg_err)?;
+        let details = json!({ "force": force, "holders": holders });
+        let event = ctx.event(now, Action::RoleDeleted, Some(name.to_owned()), Outcome::Success, &details);
+        append(&tx, &[event]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(revocations)
+    }
+
+    async fn list_users(&self, filter: &UserFilter) -> Result<Vec<User>> {
+        let client = self.client().await?;
+        let pattern = filter.email_prefix.as_deref().map(like_prefix);
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {USER_COLUMNS} FROM users u
+                      WHERE ($1::text IS NULL OR u.email_key LIKE $1)
+                        AND ($2::uuid IS NULL OR u.id > $2)
+                      ORDER BY u.id LIMIT $3"
+                ),
+                &[&pattern, &filter.after, &i64::from(filter.limit)],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(user_from).collect())
+    }
+
+    async fn set_roles(
+        &self,
+        user_id: Uuid,
+        roles: &[String],
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<(User, Vec<Revocation>)> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let before = lock_user(&tx, user_id).await?;
+        let known: Vec<String> = tx
+            .query("SELECT name FROM roles WHERE name = ANY($1)", &[&roles])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if let Some(missing) = roles.iter().find(|r| !known.contains(r)) {
+            return Err(StoreError::UnknownRole(missing.clone()));
+        }
+        tx.execute("DELETE FROM user_roles WHERE user_id = $1", &[&user_id]).await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO user_roles (user_id, role) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+            &[&user_id, &roles],
+        )
+        .await
+        .map_err(pg_err)?;
+        let after = reload_user(&tx, user_id).await?;
+        let removed = before.roles.iter().any(|r| !after.roles.contains(r));
+        let revocations =
+            if removed { revoke_user(&tx, user_id, now, "roles_removed").await? } else { Vec::new() };
+        let details = json!({ "before": before.roles, "after": after.roles });
+        let event =
+            ctx.event(now, Action::RolesChanged, Some(user_id.to_string()), Outcome::Success, &details);
+        append(&tx, &[event]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok((after, revocations))
+    }
+
+    async fn ban_user(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<(User, Vec<Revocation>)> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        if lock_user(&tx, user_id).await?.is_banned() {
+            return Err(StoreError::AlreadyBanned);
+        }
+        tx.execute(
+            "UPDATE users SET banned_at = $2, ban_reason = $3 WHERE id = $1",
+            &[&user_id, &now, &reason],
+        )
+        .await
+        .map_err(pg_err)?;
+        let revocations = revoke_user(&tx, user_id, now, "banned").await?;
+        let user = reload_user(&tx, user_id).await?;
+        let details = json!({ "reason": reason });
+        let event = ctx.event(now, Action::UserBanned, Some(user_id.to_string()), Outcome::Success, &details);
+        append(&tx, &[event]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok((user, revocations))
+    }
+
+    async fn unban_user(&self, user_id: Uuid, now: OffsetDateTime, ctx: &AuditContext) -> Result<User> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let was_banned = lock_user(&tx, user_id).await?.is_banned();
+        tx.execute("UPDATE users SET banned_at = NULL, ban_reason = NULL WHERE id = $1", &[&user_id])
+            .await
+            .map_err(pg_err)?;
+        let user = reload_user(&tx, user_id).await?;
+        let details = json!({ "was_banned": was_banned });
+        let event =
+            ctx.event(now, Action::UserUnbanned, Some(user_id.to_string()), Outcome::Success, &details);
+        append(&tx, &[event]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(user)
+    }
+
+    async fn delete_user(
+        &self,
+        user_id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let user = lock_user(&tx, user_id).await?;
+        let revocations = revoke_user(&tx, user_id, now, "deleted").await?;
+        tx.execute("DELETE FROM users WHERE id = $1", &[&user_id]).await.map_err(pg_err)?;
+        let details = json!({ "email": user.email, "roles": user.roles });
+        let event =
+            ctx.event(now, Action::UserDeleted, Some(user_id.to_string()), Outcome::Success, &details);
+        append(&tx, &[event]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(revocations)
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash
+                   FROM audit_events
+                  WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR subject = $2)
+                    AND ($3::text IS NULL OR action = $3) AND ($4::timestamptz IS NULL OR at >= $4)
+                    AND ($5::timestamptz IS NULL OR at < $5) AND ($6::bigint IS NULL OR seq < $6)
+                  ORDER BY seq DESC LIMIT $7",
+                &[
+                    &filter.actor,
+                    &filter.subject,
+                    &filter.action,
+                    &filter.since,
+                    &filter.until,
+                    &filter.before_seq,
+                    &i64::from(filter.limit),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(record_from).collect()
+    }
+
+    async fn revocations_since(&self, since: OffsetDateTime) -> Result<Vec<Revocation>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT kind, id, user_id, at, reason FROM revocations WHERE at > $1 ORDER BY at",
+                &[&since],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.get(0);
+                Ok(Revocation {
+                    kind: RevocationKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Database(format!("unknown revocation kind {kind:?}")))?,
+                    id: r.get(1),
+                    user_id: r.get(2),
+                    at: r.get(3),
+                    reason: r.get(4),
+                })
+            })
+            .collect()
     }
 
     async fn roles(&self) -> Result<Vec<Role>> {

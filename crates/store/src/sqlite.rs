@@ -15,6 +15,7 @@ use std::{
 use async_trait::async_trait;
 use bouncer_core::{
     audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome},
+    revocation::{Revocation, RevocationKind},
     throttle::{self, FailureWindow, ThrottleDecision},
     token::TokenHash,
 };
@@ -24,8 +25,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role, Rotation,
-    Session, Store, StoreError, User, migrate,
+    AuditFilter, Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role,
+    Rotation, Session, Store, StoreError, User, UserFilter, migrate,
 };
 
 /// How long a statement waits for another process's write lock before the
@@ -291,7 +292,7 @@ fn uuid_col(row: &Row, col: &str) -> rusqlite::Result<Uuid> {
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
 }
 
-const USER_COLUMNS: &str = "u.id, u.email, u.created_at, u.revoked_before, u.banned_at, u.password_hash,
+const USER_COLUMNS: &str = "u.id, u.email, u.created_at, u.revoked_before, u.banned_at, u.ban_reason, u.password_hash,
     (SELECT group_concat(role, ',') FROM (SELECT role FROM user_roles r WHERE r.user_id = u.id ORDER BY role)) AS roles";
 
 fn user_from(row: &Row) -> rusqlite::Result<User> {
@@ -303,6 +304,7 @@ fn user_from(row: &Row) -> rusqlite::Result<User> {
         created_at: instant(row.get("created_at")?),
         revoked_before: opt_instant(row.get("revoked_before")?),
         banned_at: opt_instant(row.get("banned_at")?),
+        ban_reason: row.get("ban_reason")?,
     })
 }
 
@@ -431,7 +433,7 @@ impl Store for SqliteStore {
         keep_session: Option<Uuid>,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Vec<Uuid>> {
+    ) -> Result<Vec<Revocation>> {
         let (hash, ctx) = (hash.to_owned(), ctx.clone());
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
@@ -442,7 +444,10 @@ impl Store for SqliteStore {
                 "user_id = ?1 AND revoked_at IS NULL AND id IS NOT ?2",
                 params![id.to_string(), keep_session.map(|s| s.to_string()), micros(now), "password_changed"],
             )?;
-            let details = json!({ "revoked_sessions": revoked });
+            let revoked: Vec<Revocation> =
+                revoked.into_iter().map(|s| Revocation::session(s, id, now, "password_changed")).collect();
+            record_revocations(&tx, &revoked)?;
+            let details = json!({ "revoked_sessions": revoked.iter().map(|r| r.id).collect::<Vec<_>>() });
             append(
                 &tx,
                 &[ctx.event(now, Action::PasswordChanged, Some(id.to_string()), Outcome::Success, &details)],
@@ -520,6 +525,8 @@ impl Store for SqliteStore {
                     )
                     .map_err(sqlite_err)?;
                 let (session_id, user_id) = (parse(&session_id)?, parse(&user_id)?);
+                let revocation = Revocation::session(session_id, user_id, now, "reuse_detected");
+                record_revocations(&tx, std::slice::from_ref(&revocation))?;
                 let details = json!({ "session_id": session_id });
                 let event = ctx.event(
                     now,
@@ -530,7 +537,7 @@ impl Store for SqliteStore {
                 );
                 append(&tx, &[event])?;
                 tx.commit().map_err(sqlite_err)?;
-                return Ok(Rotation::Reused { session_id, user_id });
+                return Ok(Rotation::Reused { session_id, user_id, revocation });
             };
             let id = parse(&session_id)?;
             let Some((session, user)) = session_with_user(&tx, id)? else { return Ok(Rotation::Invalid) };
@@ -555,7 +562,7 @@ impl Store for SqliteStore {
         presented: TokenHash,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Option<Uuid>> {
+    ) -> Result<Option<Revocation>> {
         let ctx = ctx.clone();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
@@ -570,12 +577,13 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(sqlite_err)?;
             let Some((session_id, user_id)) = ids else { return Ok(None) };
-            let session_id = Uuid::parse_str(&session_id).map_err(|e| StoreError::Database(e.to_string()))?;
-            let details = json!({ "session_id": session_id });
+            let revocation = Revocation::session(parse_uuid(&session_id)?, parse_uuid(&user_id)?, now, "logout");
+            record_revocations(&tx, std::slice::from_ref(&revocation))?;
+            let details = json!({ "session_id": revocation.id });
             let actor = AuditContext { actor: Some(user_id.clone()), ..ctx };
             append(&tx, &[actor.event(now, Action::Logout, Some(user_id), Outcome::Success, &details)])?;
             tx.commit().map_err(sqlite_err)?;
-            Ok(Some(session_id))
+            Ok(Some(revocation))
         })
         .await
     }
@@ -585,27 +593,20 @@ impl Store for SqliteStore {
         user_id: Uuid,
         now: OffsetDateTime,
         ctx: &AuditContext,
-    ) -> Result<Vec<Uuid>> {
+    ) -> Result<Vec<Revocation>> {
         let ctx = ctx.clone();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
-            tx.execute(
-                "UPDATE users SET revoked_before = ?2 WHERE id = ?1",
-                params![user_id.to_string(), micros(now)],
-            )
-            .map_err(sqlite_err)?;
-            let revoked = revoke_where(
-                &tx,
-                "user_id = ?1 AND revoked_at IS NULL AND ?2 IS NULL",
-                params![user_id.to_string(), None::<String>, micros(now), "logout_all"],
-            )?;
-            let details = json!({ "all_sessions": true, "revoked_sessions": revoked });
+            let revocations = revoke_user(&tx, user_id, now, "logout_all")?;
+            let sessions: Vec<Uuid> =
+                revocations.iter().filter(|r| r.kind == RevocationKind::Session).map(|r| r.id).collect();
+            let details = json!({ "all_sessions": true, "revoked_sessions": sessions });
             append(
                 &tx,
                 &[ctx.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)],
             )?;
             tx.commit().map_err(sqlite_err)?;
-            Ok(revoked)
+            Ok(revocations)
         })
         .await
     }
@@ -691,6 +692,270 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn create_role(&self, role: &Role, audit: AuditEvent) -> Result<()> {
+        let role = role.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let taken: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)", [&role.name], |r| r.get(0))
+                .map_err(sqlite_err)?;
+            if taken {
+                return Err(StoreError::RoleExists);
+            }
+            tx.execute(
+                "INSERT INTO roles (name, description, builtin) VALUES (?1, ?2, 0)",
+                params![role.name, role.description],
+            )
+            .map_err(sqlite_err)?;
+            append(&tx, &[audit])?;
+            tx.commit().map_err(sqlite_err)
+        })
+        .await
+    }
+
+    async fn delete_role(
+        &self,
+        name: &str,
+        force: bool,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>> {
+        let (name, ctx) = (name.to_owned(), ctx.clone());
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let builtin: bool = tx
+                .query_row("SELECT builtin FROM roles WHERE name = ?1", [&name], |r| r.get(0))
+                .optional()
+                .map_err(sqlite_err)?
+                .ok_or(StoreError::NotFound)?;
+            if builtin {
+                return Err(StoreError::BuiltinRole);
+            }
+            let holders: Vec<Uuid> = {
+                let mut stmt = tx
+                    .prepare("SELECT user_id FROM user_roles WHERE role = ?1 ORDER BY user_id")
+                    .map_err(sqlite_err)?;
+                let ids = stmt
+                    .query_map([&name], |r| r.get::<_, String>(0))
+                    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                    .map_err(sqlite_err)?;
+                ids.iter().map(|s| parse_uuid(s)).collect::<Result<_>>()?
+            };
+            if !holders.is_empty() && !force {
+                return Err(StoreError::RoleInUse(holders.len() as u64));
+            }
+            let mut revocations = Vec::new();
+            for user_id in &holders {
+                revocations.extend(revoke_user(&tx, *user_id, now, "role_deleted")?);
+            }
+            tx.execute("DELETE FROM roles WHERE name = ?1", [&name]).map_err(sqlite_err)?;
+            let details = json!({ "force": force, "holders": holders });
+            append(
+                &tx,
+                &[ctx.event(now, Action::RoleDeleted, Some(name.clone()), Outcome::Success, &details)],
+            )?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(revocations)
+        })
+        .await
+    }
+
+    async fn list_users(&self, filter: &UserFilter) -> Result<Vec<User>> {
+        let filter = filter.clone();
+        self.with_conn(move |conn| {
+            let pattern = filter.email_prefix.as_deref().map(crate::postgres::like_prefix);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users u
+                      WHERE (?1 IS NULL OR u.email_key LIKE ?1 ESCAPE '\\')
+                        AND (?2 IS NULL OR u.id > ?2)
+                      ORDER BY u.id LIMIT ?3"
+                ))
+                .map_err(sqlite_err)?;
+            stmt.query_map(params![pattern, filter.after.map(|a| a.to_string()), filter.limit], user_from)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sqlite_err)
+        })
+        .await
+    }
+
+    async fn set_roles(
+        &self,
+        user_id: Uuid,
+        roles: &[String],
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<(User, Vec<Revocation>)> {
+        let (roles, ctx) = (roles.to_vec(), ctx.clone());
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let before = load_user(&tx, user_id)?;
+            for role in &roles {
+                let known: bool = tx
+                    .query_row("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)", [role], |r| r.get(0))
+                    .map_err(sqlite_err)?;
+                if !known {
+                    return Err(StoreError::UnknownRole(role.clone()));
+                }
+            }
+            let id = user_id.to_string();
+            tx.execute("DELETE FROM user_roles WHERE user_id = ?1", [&id]).map_err(sqlite_err)?;
+            for role in &roles {
+                tx.execute(
+                    "INSERT OR IGNORE INTO user_roles (user_id, role) VALUES (?1, ?2)",
+                    params![id, role],
+                )
+                .map_err(sqlite_err)?;
+            }
+            let after = load_user(&tx, user_id)?;
+            let removed = before.roles.iter().any(|r| !after.roles.contains(r));
+            let revocations =
+                if removed { revoke_user(&tx, user_id, now, "roles_removed")? } else { Vec::new() };
+            let details = json!({ "before": before.roles, "after": after.roles });
+            append(&tx, &[ctx.event(now, Action::RolesChanged, Some(id), Outcome::Success, &details)])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok((after, revocations))
+        })
+        .await
+    }
+
+    async fn ban_user(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<(User, Vec<Revocation>)> {
+        let (reason, ctx) = (reason.to_owned(), ctx.clone());
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            if load_user(&tx, user_id)?.is_banned() {
+                return Err(StoreError::AlreadyBanned);
+            }
+            tx.execute(
+                "UPDATE users SET banned_at = ?2, ban_reason = ?3 WHERE id = ?1",
+                params![user_id.to_string(), micros(now), reason],
+            )
+            .map_err(sqlite_err)?;
+            let revocations = revoke_user(&tx, user_id, now, "banned")?;
+            let user = load_user(&tx, user_id)?;
+            let details = json!({ "reason": reason });
+            append(
+                &tx,
+                &[ctx.event(now, Action::UserBanned, Some(user_id.to_string()), Outcome::Success, &details)],
+            )?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok((user, revocations))
+        })
+        .await
+    }
+
+    async fn unban_user(&self, user_id: Uuid, now: OffsetDateTime, ctx: &AuditContext) -> Result<User> {
+        let ctx = ctx.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let was_banned = load_user(&tx, user_id)?.is_banned();
+            tx.execute(
+                "UPDATE users SET banned_at = NULL, ban_reason = NULL WHERE id = ?1",
+                [user_id.to_string()],
+            )
+            .map_err(sqlite_err)?;
+            let user = load_user(&tx, user_id)?;
+            let details = json!({ "was_banned": was_banned });
+            let event =
+                ctx.event(now, Action::UserUnbanned, Some(user_id.to_string()), Outcome::Success, &details);
+            append(&tx, &[event])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn delete_user(
+        &self,
+        user_id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>> {
+        let ctx = ctx.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let user = load_user(&tx, user_id)?;
+            let revocations = revoke_user(&tx, user_id, now, "deleted")?;
+            tx.execute("DELETE FROM users WHERE id = ?1", [user_id.to_string()]).map_err(sqlite_err)?;
+            let details = json!({ "email": user.email, "roles": user.roles });
+            let event =
+                ctx.event(now, Action::UserDeleted, Some(user_id.to_string()), Outcome::Success, &details);
+            append(&tx, &[event])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(revocations)
+        })
+        .await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        let f = filter.clone();
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash
+                       FROM audit_events
+                      WHERE (?1 IS NULL OR actor = ?1) AND (?2 IS NULL OR subject = ?2)
+                        AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR at >= ?4)
+                        AND (?5 IS NULL OR at < ?5) AND (?6 IS NULL OR seq < ?6)
+                      ORDER BY seq DESC LIMIT ?7",
+                )
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map(
+                    params![f.actor, f.subject, f.action, f.since.map(micros), f.until.map(micros), f.before_seq, f.limit],
+                    RawRecord::read,
+                )
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sqlite_err)?;
+            rows.into_iter().map(RawRecord::into_record).collect()
+        })
+        .await
+    }
+
+    async fn revocations_since(&self, since: OffsetDateTime) -> Result<Vec<Revocation>> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT kind, id, user_id, at, reason FROM revocations WHERE at > ?1 ORDER BY at",
+                )
+                .map_err(sqlite_err)?;
+            let rows = stmt
+                .query_map([micros(since)], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                    ))
+                })
+                .and_then(|rows| {
+                    rows.collect::<rusqlite::Result<Vec<(String, String, String, i64, String)>>>()
+                })
+                .map_err(sqlite_err)?;
+            rows.into_iter()
+                .map(|(kind, id, user_id, at, reason)| {
+                    Ok(Revocation {
+                        kind: RevocationKind::parse(&kind).ok_or_else(|| {
+                            StoreError::Database(format!("unknown revocation kind {kind:?}"))
+                        })?,
+                        id: parse_uuid(&id)?,
+                        user_id: parse_uuid(&user_id)?,
+                        at: instant(at),
+                        reason,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn roles(&self) -> Result<Vec<Role>> {
         self.with_conn(|conn| {
             let mut stmt = conn
@@ -719,6 +984,58 @@ fn insert_refresh_token(
 
 /// Revokes the sessions matching `condition` (over ?1, ?2) with ?3 = now and
 /// ?4 = reason; returns their ids.
+fn parse_uuid(s: &str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Database(format!("bad uuid {s:?}: {e}")))
+}
+
+/// The user, or `NotFound` (the caller holds the write lock).
+fn load_user(conn: &Connection, user_id: Uuid) -> Result<User> {
+    credential_where(conn, "u.id = ?1", &user_id.to_string())?.map(|c| c.user).ok_or(StoreError::NotFound)
+}
+
+/// Stores revocation records inside the caller's transaction.
+fn record_revocations(conn: &Connection, revocations: &[Revocation]) -> Result<()> {
+    let mut insert = conn
+        .prepare_cached("INSERT INTO revocations (kind, id, user_id, at, reason) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .map_err(sqlite_err)?;
+    for r in revocations {
+        insert
+            .execute(params![
+                r.kind.as_str(),
+                r.id.to_string(),
+                r.user_id.to_string(),
+                micros(r.at),
+                r.reason
+            ])
+            .map_err(sqlite_err)?;
+    }
+    Ok(())
+}
+
+/// Revokes every live session of `user_id` and its older tokens, for
+/// `reason`; records and returns the revocations.
+fn revoke_user(
+    conn: &Connection,
+    user_id: Uuid,
+    now: OffsetDateTime,
+    reason: &str,
+) -> Result<Vec<Revocation>> {
+    conn.execute(
+        "UPDATE users SET revoked_before = ?2 WHERE id = ?1",
+        params![user_id.to_string(), micros(now)],
+    )
+    .map_err(sqlite_err)?;
+    let sessions = revoke_where(
+        conn,
+        "user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+        params![user_id.to_string(), micros(now), micros(now), reason],
+    )?;
+    let mut revocations = vec![Revocation::user(user_id, now, reason)];
+    revocations.extend(sessions.into_iter().map(|s| Revocation::session(s, user_id, now, reason)));
+    record_revocations(conn, &revocations)?;
+    Ok(revocations)
+}
+
 fn revoke_where(conn: &Connection, condition: &str, params: impl rusqlite::Params) -> Result<Vec<Uuid>> {
     let sql =
         format!("UPDATE sessions SET revoked_at = ?3, revoke_reason = ?4 WHERE {condition} RETURNING id");

@@ -6,12 +6,13 @@ use std::{sync::Arc, time::Duration};
 use bouncer_core::{
     audit::{Action, AuditContext, AuditEvent, Outcome},
     email::Email,
+    revocation::Revocation,
     throttle::ThrottleDecision,
     token::RefreshToken,
 };
 use bouncer_store::{
-    LoginAttempt, Migration, NewSession, NewUser, Rotation, SettledAttempt, Store, StoreError,
-    postgres::PgStore, sqlite::SqliteStore, testing::TestDatabase,
+    AuditFilter, LoginAttempt, Migration, NewSession, NewUser, Role, Rotation, SettledAttempt, Store,
+    StoreError, UserFilter, postgres::PgStore, sqlite::SqliteStore, testing::TestDatabase,
 };
 use serde_json::json;
 use time::{OffsetDateTime, macros::datetime};
@@ -74,6 +75,12 @@ conformance!(
     every_change_is_audited_in_one_intact_chain,
     concurrent_appends_form_one_chain,
     ping_answers,
+    roles_are_created_sorted_bytewise_and_deleted,
+    removing_a_role_revokes_sessions_adding_does_not,
+    bans_revoke_and_unbans_restore,
+    deleting_a_user_keeps_the_audit_history,
+    users_page_by_id_and_filter_by_email_prefix,
+    audit_pages_newest_first_with_filters,
 );
 
 const T0: OffsetDateTime = datetime!(2026-03-01 10:00 UTC);
@@ -214,7 +221,9 @@ async fn reused_refresh_token_revokes_the_session(store: Arc<dyn Store>) {
     let now = T0 + Duration::from_secs(10);
     store.rotate_refresh_token(token(1).hash(), token(2).hash(), now, &ctx()).await.unwrap();
     let replay = store.rotate_refresh_token(token(1).hash(), token(3).hash(), now, &ctx()).await.unwrap();
-    assert_eq!(replay, Rotation::Reused { session_id: sid, user_id: user.id });
+    let reuse = Revocation::session(sid, user.id, now, "reuse_detected");
+    assert_eq!(replay, Rotation::Reused { session_id: sid, user_id: user.id, revocation: reuse.clone() });
+    assert_eq!(store.revocations_since(T0).await.unwrap(), [reuse], "the reuse is recorded for gateways");
     let (session, _) = store.session(sid).await.unwrap().unwrap();
     assert_eq!(session.revoked_at, Some(now));
     let legit = store.rotate_refresh_token(token(2).hash(), token(4).hash(), now, &ctx()).await.unwrap();
@@ -264,12 +273,17 @@ async fn logout_revokes_only_that_session(store: Arc<dyn Store>) {
     let a = new_session(&store, user.id, 1).await;
     let b = new_session(&store, user.id, 2).await;
     let now = T0 + Duration::from_secs(1);
-    assert_eq!(store.revoke_session_by_token(token(1).hash(), now, &ctx()).await.unwrap(), Some(a));
+    let logout = Revocation::session(a, user.id, now, "logout");
     assert_eq!(
         store.revoke_session_by_token(token(1).hash(), now, &ctx()).await.unwrap(),
+        Some(logout.clone())
+    );
+    assert_eq!(
+        store.revoke_session_by_token(token(1).hash(), now, &ctx()).await.unwrap().map(|r| r.id),
         Some(a),
         "idempotent"
     );
+    assert_eq!(store.revocations_since(T0).await.unwrap()[0], logout);
     assert_eq!(store.revoke_session_by_token(token(77).hash(), now, &ctx()).await.unwrap(), None);
     assert!(!store.session(a).await.unwrap().unwrap().0.is_live(now));
     assert!(store.session(b).await.unwrap().unwrap().0.is_live(now));
@@ -285,10 +299,13 @@ async fn logout_all_revokes_every_session_and_sets_revoked_before(store: Arc<dyn
     let other = new_user(&store, "ivy@example.com").await;
     let bystander = new_session(&store, other.id, 3).await;
     let now = T0 + Duration::from_millis(2_500);
-    let mut revoked = store.revoke_all_sessions(user.id, now, &ctx()).await.unwrap();
+    let revoked = store.revoke_all_sessions(user.id, now, &ctx()).await.unwrap();
+    assert_eq!(revoked[0], Revocation::user(user.id, now, "logout_all"));
+    let mut revoked: Vec<Uuid> = revoked[1..].iter().map(|r| r.id).collect();
     revoked.sort();
     sids.sort();
     assert_eq!(revoked, sids);
+    assert_eq!(store.revocations_since(T0).await.unwrap().len(), 3, "user + two sessions recorded");
     let after = store.user(user.id).await.unwrap().unwrap();
     assert_eq!(after.revoked_before, Some(now));
     assert!(after.token_revoked(T0.unix_timestamp() + 1));
@@ -302,11 +319,11 @@ async fn password_change_keeps_the_current_session(store: Arc<dyn Store>) {
     let other = new_session(&store, user.id, 2).await;
     let now = T0 + Duration::from_secs(3);
     let revoked = store.change_password(user.id, "$argon2id$changed", Some(keep), now, &ctx()).await.unwrap();
-    assert_eq!(revoked, [other]);
+    assert_eq!(revoked, [Revocation::session(other, user.id, now, "password_changed")]);
     assert!(store.session(keep).await.unwrap().unwrap().0.is_live(now));
     assert_eq!(store.credential(user.id).await.unwrap().unwrap().password_hash, "$argon2id$changed");
     let all = store.change_password(user.id, "$argon2id$again", None, now, &ctx()).await.unwrap();
-    assert_eq!(all, [keep]);
+    assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), [keep]);
 }
 
 fn attempt(keys: &[(&str, u32)], now: OffsetDateTime) -> LoginAttempt {
@@ -469,6 +486,141 @@ async fn concurrent_appends_form_one_chain(store: Arc<dyn Store>) {
     }
     let (count, _) = bouncer_store::verify_audit_chain(&*store).await.unwrap().expect("one intact chain");
     assert_eq!(count, 8 * 63);
+}
+
+fn role(name: &str) -> Role {
+    Role { name: name.into(), description: format!("{name} role"), builtin: false }
+}
+
+async fn roles_are_created_sorted_bytewise_and_deleted(store: Arc<dyn Store>) {
+    for name in ["ab", "a_c", "a-b"] {
+        store.create_role(&role(name), event(Action::RoleCreated)).await.unwrap();
+    }
+    let dup = store.create_role(&role("ab"), event(Action::RoleCreated)).await;
+    assert!(matches!(dup, Err(StoreError::RoleExists)), "got {dup:?}");
+    let user = new_user(&store, "rita@example.com").await;
+    let (user, revoked) = store
+        .set_roles(user.id, &["ab".into(), "user".into(), "a_c".into(), "a-b".into()], T0, &ctx())
+        .await
+        .unwrap();
+    // Locale collations ignore '-' and '_'; both stores sort by bytes.
+    assert_eq!(user.roles, ["a-b", "a_c", "ab", "user"]);
+    assert!(revoked.is_empty(), "adding roles revokes nothing");
+    assert!(matches!(store.delete_role("user", false, T0, &ctx()).await, Err(StoreError::BuiltinRole)));
+    assert!(matches!(store.delete_role("nope", false, T0, &ctx()).await, Err(StoreError::NotFound)));
+    assert!(matches!(store.delete_role("ab", false, T0, &ctx()).await, Err(StoreError::RoleInUse(1))));
+    let sid = new_session(&store, user.id, 5).await;
+    let revoked = store.delete_role("ab", true, T0, &ctx()).await.unwrap();
+    assert!(revoked.iter().any(|r| r.id == sid), "forcing revokes the holders' sessions");
+    assert_eq!(store.user(user.id).await.unwrap().unwrap().roles, ["a-b", "a_c", "user"]);
+    store.delete_role("a_c", true, T0, &ctx()).await.unwrap();
+    let names: Vec<String> = store.roles().await.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["a-b", "admin", "service", "user"]);
+}
+
+async fn removing_a_role_revokes_sessions_adding_does_not(store: Arc<dyn Store>) {
+    let user = new_user(&store, "sam@example.com").await;
+    let sid = new_session(&store, user.id, 1).await;
+    let (after, revoked) =
+        store.set_roles(user.id, &["user".into(), "admin".into()], T0, &ctx()).await.unwrap();
+    assert_eq!(
+        (after.roles.as_slice(), revoked.len()),
+        (["admin".to_string(), "user".to_string()].as_slice(), 0)
+    );
+    assert!(store.session(sid).await.unwrap().unwrap().0.is_live(T0));
+    let later = T0 + Duration::from_secs(5);
+    let (after, revoked) = store.set_roles(user.id, &["user".into()], later, &ctx()).await.unwrap();
+    assert_eq!(after.roles, ["user"]);
+    assert_eq!(revoked[0], Revocation::user(user.id, later, "roles_removed"));
+    assert!(!store.session(sid).await.unwrap().unwrap().0.is_live(later));
+    let unknown = store.set_roles(user.id, &["wizard".into()], later, &ctx()).await;
+    assert!(matches!(&unknown, Err(StoreError::UnknownRole(r)) if r == "wizard"), "got {unknown:?}");
+    assert_eq!(
+        store.user(user.id).await.unwrap().unwrap().roles,
+        ["user"],
+        "a refused change changes nothing"
+    );
+    assert!(matches!(store.set_roles(Uuid::now_v7(), &[], later, &ctx()).await, Err(StoreError::NotFound)));
+}
+
+async fn bans_revoke_and_unbans_restore(store: Arc<dyn Store>) {
+    let user = new_user(&store, "tia@example.com").await;
+    let sid = new_session(&store, user.id, 1).await;
+    let now = T0 + Duration::from_secs(7);
+    let (banned, revoked) = store.ban_user(user.id, "spam", now, &ctx()).await.unwrap();
+    assert_eq!((banned.banned_at, banned.ban_reason.as_deref()), (Some(now), Some("spam")));
+    assert!(revoked.iter().any(|r| r.id == sid));
+    assert_eq!(
+        store.rotate_refresh_token(token(1).hash(), token(2).hash(), now, &ctx()).await.unwrap(),
+        Rotation::Invalid
+    );
+    assert!(matches!(store.ban_user(user.id, "again", now, &ctx()).await, Err(StoreError::AlreadyBanned)));
+    let unbanned = store.unban_user(user.id, now, &ctx()).await.unwrap();
+    assert_eq!((unbanned.banned_at, unbanned.ban_reason), (None, None));
+    assert!(matches!(store.ban_user(Uuid::now_v7(), "x", now, &ctx()).await, Err(StoreError::NotFound)));
+}
+
+async fn deleting_a_user_keeps_the_audit_history(store: Arc<dyn Store>) {
+    let user = new_user(&store, "uma@example.com").await;
+    new_session(&store, user.id, 1).await;
+    let revoked = store.delete_user(user.id, T0, &ctx()).await.unwrap();
+    assert_eq!(revoked.len(), 2, "the user and their session");
+    assert_eq!(store.user(user.id).await.unwrap(), None);
+    assert!(matches!(store.delete_user(user.id, T0, &ctx()).await, Err(StoreError::NotFound)));
+    let records = store.audit_records(0, 100).await.unwrap();
+    assert_eq!(records.last().unwrap().event.action, Action::UserDeleted);
+    assert_eq!(records.len(), 3);
+    assert!(bouncer_store::verify_audit_chain(&*store).await.unwrap().is_ok());
+    // Revocations outlive the user.
+    assert_eq!(store.revocations_since(T0 - Duration::from_secs(1)).await.unwrap().len(), 2);
+}
+
+async fn users_page_by_id_and_filter_by_email_prefix(store: Arc<dyn Store>) {
+    for email in ["a1@x.com", "a2@x.com", "b1@x.com", "a_3@x.com", "a%4@x.com"] {
+        new_user(&store, email).await;
+    }
+    let page = |prefix: Option<&str>, after, limit| UserFilter {
+        email_prefix: prefix.map(str::to_owned),
+        after,
+        limit,
+    };
+    let first = store.list_users(&page(None, None, 2)).await.unwrap();
+    let second = store.list_users(&page(None, Some(first[1].id), 10)).await.unwrap();
+    let emails = |v: &[bouncer_store::User]| v.iter().map(|u| u.email.clone()).collect::<Vec<_>>();
+    assert_eq!(emails(&first), ["a1@x.com", "a2@x.com"]);
+    assert_eq!(emails(&second), ["b1@x.com", "a_3@x.com", "a%4@x.com"]);
+    assert_eq!(
+        emails(&store.list_users(&page(Some("a"), None, 10)).await.unwrap()),
+        ["a1@x.com", "a2@x.com", "a_3@x.com", "a%4@x.com"]
+    );
+    // LIKE wildcards in the prefix are literal.
+    assert_eq!(emails(&store.list_users(&page(Some("a_"), None, 10)).await.unwrap()), ["a_3@x.com"]);
+    assert_eq!(emails(&store.list_users(&page(Some("a%"), None, 10)).await.unwrap()), ["a%4@x.com"]);
+}
+
+async fn audit_pages_newest_first_with_filters(store: Arc<dyn Store>) {
+    let a = new_user(&store, "va@example.com").await;
+    let b = new_user(&store, "vb@example.com").await;
+    store.ban_user(a.id, "x", T0 + Duration::from_secs(10), &ctx()).await.unwrap();
+    let all = store.list_audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 2, 1], "newest first");
+    let page = store
+        .list_audit(&AuditFilter { limit: 10, before_seq: Some(3), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 1]);
+    let banned = AuditFilter { action: Some("user.banned".into()), limit: 10, ..Default::default() };
+    assert_eq!(store.list_audit(&banned).await.unwrap()[0].event.subject, Some(a.id.to_string()));
+    let recent = AuditFilter { since: Some(T0 + Duration::from_secs(5)), limit: 10, ..Default::default() };
+    assert_eq!(store.list_audit(&recent).await.unwrap().len(), 1);
+    let old = AuditFilter {
+        until: Some(T0 + Duration::from_secs(5)),
+        actor: Some("conformance".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(store.list_audit(&old).await.unwrap().len(), 2);
+    let _ = b;
 }
 
 async fn ping_answers(store: Arc<dyn Store>) {

@@ -79,6 +79,7 @@ pub async fn signup(
     );
     let new = NewUser { id, email, password_hash, roles: vec![SIGNUP_ROLE.into()], now };
     let user = state.store.create_user(new, audit).await?;
+    state.metrics.audited();
     state.metrics.signup();
     tracing::info!(user_id = %user.id, ip = %client.ip, "user signed up");
     Ok((StatusCode::CREATED, Json(UserView::from(user))))
@@ -122,6 +123,7 @@ pub async fn login(
         let details = json!({ "email": email_key, "reason": reason });
         let audit = client.audit(None).event(now, Action::LoginFailed, subject, Outcome::Failure, &details);
         state.store.finish_login_attempt(attempt, false, Some(audit)).await?;
+        state.metrics.audited();
         state.metrics.login("invalid_credentials");
         tracing::info!(ip = %client.ip, "login failed");
         return Err(ApiError::InvalidCredentials);
@@ -132,6 +134,7 @@ pub async fn login(
         let details = json!({ "email": email_key, "reason": "banned" });
         let audit = client.audit(None).event(now, Action::LoginFailed, subject, Outcome::Denied, &details);
         state.store.finish_login_attempt(attempt, true, Some(audit)).await?;
+        state.metrics.audited();
         state.metrics.login("banned");
         return Err(ApiError::Banned);
     }
@@ -167,6 +170,7 @@ pub async fn login(
         attempt: Some(SettledAttempt { id: attempt, account_key }),
     };
     state.store.create_session(new, audit).await?;
+    state.metrics.audited();
     let response = token_response(&state, &user, session_id, &refresh, now)?;
     state.metrics.login("succeeded");
     tracing::info!(user_id = %user.id, session_id = %session_id, ip = %client.ip, "login succeeded");
@@ -187,11 +191,14 @@ pub async fn refresh(
     // The rotation is committed before an access token is minted.
     match state.store.rotate_refresh_token(presented, next.hash(), now, &client.audit(None)).await? {
         Rotation::Rotated { session, user } => {
+            state.metrics.audited();
             let response = token_response(&state, &user, session.id, &next, now)?;
             state.metrics.refresh("rotated");
             Ok(response)
         }
-        Rotation::Reused { session_id, user_id } => {
+        Rotation::Reused { session_id, user_id, revocation } => {
+            state.announce(&[revocation]);
+            state.metrics.audited();
             state.metrics.refresh("reuse_detected");
             tracing::warn!(%user_id, %session_id, ip = %client.ip, "refresh token reuse detected; session revoked");
             Err(ApiError::InvalidRefreshToken)
@@ -213,11 +220,13 @@ pub async fn logout(
 ) -> Result<StatusCode, ApiError> {
     let now = OffsetDateTime::now_utc();
     if let Some(presented) = token::hash_presented(&body.refresh_token)
-        && let Some(session_id) =
+        && let Some(revocation) =
             state.store.revoke_session_by_token(presented, now, &client.audit(None)).await?
     {
+        state.announce(std::slice::from_ref(&revocation));
+        state.metrics.audited();
         state.metrics.logout("session");
-        tracing::info!(%session_id, "session logged out");
+        tracing::info!(session_id = %revocation.id, "session logged out");
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -230,6 +239,8 @@ pub async fn logout_all(
     let now = OffsetDateTime::now_utc();
     let ctx = client.audit(Some(auth.user.id.to_string()));
     let revoked = state.store.revoke_all_sessions(auth.user.id, now, &ctx).await?;
+    state.announce(&revoked);
+    state.metrics.audited();
     state.metrics.logout("all");
     tracing::info!(user_id = %auth.user.id, sessions = revoked.len(), "all sessions logged out");
     Ok(StatusCode::NO_CONTENT)

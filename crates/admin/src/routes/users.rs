@@ -69,11 +69,14 @@ pub async fn change_password(
         let details = json!({ "reason": "wrong_current_password" });
         let audit = ctx.event(now, Action::PasswordChanged, Some(user_id), Outcome::Failure, &details);
         state.store.finish_login_attempt(attempt, false, Some(audit)).await?;
+        state.metrics.audited();
         return Err(ApiError::InvalidCredentials);
     }
     state.store.finish_login_attempt(attempt, true, None).await?;
     let hash = state.passwords.hash(body.new_password).await?;
     let revoked = state.store.change_password(auth.user.id, &hash, Some(auth.claims.sid), now, &ctx).await?;
+    state.announce(&revoked);
+    state.metrics.audited();
     state.metrics.password_changed();
     tracing::info!(user_id = %auth.user.id, revoked_sessions = revoked.len(), "password changed");
     Ok(StatusCode::NO_CONTENT)
