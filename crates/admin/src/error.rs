@@ -38,6 +38,20 @@ pub enum ApiError {
     Banned,
     #[error("email already registered")]
     EmailTaken,
+    /// Authenticated, but without the `admin` role (RFC 6750 insufficient_scope).
+    #[error("forbidden")]
+    Forbidden,
+    #[error("user already banned")]
+    AlreadyBanned,
+    #[error("role exists")]
+    RoleExists,
+    #[error("role in use by {0} user(s)")]
+    RoleInUse(u64),
+    #[error("built-in role")]
+    BuiltinRole,
+    /// A request that would leave the caller locked out of administration.
+    #[error("refused on oneself: {0}")]
+    SelfLockout(&'static str),
     #[error("too many failed logins")]
     Throttled { retry_after_secs: u64 },
     #[error("not found")]
@@ -62,6 +76,11 @@ impl From<StoreError> for ApiError {
                 message: format!("unknown role {role:?}"),
             }]),
             StoreError::Unavailable(cause) => ApiError::Unavailable(cause),
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::AlreadyBanned => ApiError::AlreadyBanned,
+            StoreError::RoleExists => ApiError::RoleExists,
+            StoreError::RoleInUse(n) => ApiError::RoleInUse(n),
+            StoreError::BuiltinRole => ApiError::BuiltinRole,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -93,6 +112,19 @@ impl ApiError {
             }
             ApiError::Banned => (K::ACCOUNT_BANNED, "This account is banned."),
             ApiError::EmailTaken => (K::EMAIL_TAKEN, "An account with this email already exists."),
+            ApiError::Forbidden => (K::FORBIDDEN, "This requires the admin role."),
+            ApiError::AlreadyBanned => (K::ALREADY_BANNED, "The user is already banned."),
+            ApiError::RoleExists => (K::ROLE_EXISTS, "A role with this name already exists."),
+            ApiError::RoleInUse(_) => (
+                K::ROLE_IN_USE,
+                "Users hold this role; delete with ?force=true to remove it from them and revoke their tokens.",
+            ),
+            ApiError::BuiltinRole => {
+                (K::BUILTIN_ROLE, "The built-in roles admin, user and service cannot be deleted.")
+            }
+            ApiError::SelfLockout(_) => {
+                (K::CONFLICT, "Administrators cannot ban, delete or demote themselves.")
+            }
             ApiError::Throttled { .. } => (K::TOO_MANY_REQUESTS, "Too many failed logins; retry later."),
             ApiError::NotFound => (K::NOT_FOUND, "No such resource."),
             ApiError::MethodNotAllowed => (K::METHOD_NOT_ALLOWED, "This method is not allowed here."),
@@ -137,6 +169,12 @@ impl IntoResponse for ApiError {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"bouncer\", error=\"invalid_token\""),
+                );
+            }
+            ApiError::Forbidden => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"bouncer\", error=\"insufficient_scope\""),
                 );
             }
             ApiError::Throttled { retry_after_secs } => {

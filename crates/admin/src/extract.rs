@@ -184,6 +184,38 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
+/// A caller holding the `admin` role — checked against the user's current
+/// roles in the store, not the token's claims, so a demotion takes effect
+/// on the next request. No token: 401; a token without the role: 403.
+#[derive(Clone, Debug)]
+pub struct AdminCaller(pub Authenticated);
+
+impl FromRequestParts<AppState> for AdminCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let auth = Authenticated::from_request_parts(parts, state).await?;
+        if !auth.user.roles.iter().any(|r| r == "admin") {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(AdminCaller(auth))
+    }
+}
+
+/// Query-string parameters in our error shape (422 naming `query`).
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::field("query", e.body_text()))
+    }
+}
+
 /// Exactly one `Authorization: Bearer <token>` header, within size limits.
 fn bearer_token(headers: &HeaderMap) -> Result<&str, ApiError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();

@@ -31,6 +31,10 @@ impl ProblemKind {
         NOT_FOUND = ("not-found", 404, "Not found");
         METHOD_NOT_ALLOWED = ("method-not-allowed", 405, "Method not allowed");
         CONFLICT = ("conflict", 409, "Conflict");
+        ALREADY_BANNED = ("already-banned", 409, "The user is already banned");
+        ROLE_EXISTS = ("role-exists", 409, "The role already exists");
+        ROLE_IN_USE = ("role-in-use", 409, "The role is held by users");
+        BUILTIN_ROLE = ("builtin-role", 409, "Built-in roles cannot be deleted");
         EMAIL_TAKEN = ("email-taken", 409, "The email address is already registered");
         PAYLOAD_TOO_LARGE = ("payload-too-large", 413, "The request body is too large");
         UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", 415, "Content-Type must be application/json");

@@ -21,3 +21,4 @@ mod admin;
 mod audit;
 mod cli;
 mod harness;
+mod rbac;
