@@ -3,8 +3,9 @@
 -- (see bouncer_core::audit); `bouncer audit verify` walks the chain.
 
 CREATE TABLE audit_events (
-    -- Position in the chain: 1, 2, 3, … without gaps, assigned under an
-    -- advisory lock so concurrent writers still form one linear chain.
+    -- Position in the chain: 1, 2, 3, … without gaps, assigned while
+    -- holding the audit_head row lock, so concurrent writers still form
+    -- one linear chain.
     seq        bigint PRIMARY KEY,
     id         uuid NOT NULL UNIQUE,
     at         timestamptz NOT NULL,
@@ -21,6 +22,17 @@ CREATE TABLE audit_events (
     prev_hash  bytea NOT NULL,
     hash       bytea NOT NULL
 );
+-- The chain's head, one row: every append locks it (UPDATE … RETURNING),
+-- which both serialises appenders into one linear chain and hands each the
+-- head its predecessor wrote, in one round trip. A cache of the last
+-- record's seq and hash; `bouncer audit verify` checks the two agree.
+CREATE TABLE audit_head (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    seq      bigint NOT NULL,
+    hash     bytea NOT NULL
+);
+INSERT INTO audit_head (seq, hash) VALUES (0, decode(repeat('00', 32), 'hex'));
+
 CREATE INDEX audit_events_actor ON audit_events (actor, seq);
 CREATE INDEX audit_events_subject ON audit_events (subject, seq);
 CREATE INDEX audit_events_action ON audit_events (action, seq);

@@ -28,34 +28,35 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// (several admin replicas starting at once). ASCII "bouncer!".
 const MIGRATION_LOCK: i64 = 0x626f_756e_6365_7221;
 
-/// Key of the transaction-level advisory lock that serialises audit appends
-/// into one linear chain. Taken as the last step of a transaction, after its
-/// row locks, so it never waits while holding what another appender needs.
-const AUDIT_LOCK: i64 = 0x626f_756e_6361_7564;
-
 /// Appends `events` to the chain inside `tx`.
+///
+/// The one-row `audit_head` table is the chain's lock and its head at once:
+/// `UPDATE … RETURNING` waits for any other appender to commit and then
+/// returns the head that appender wrote (READ COMMITTED re-reads the locked
+/// row), in a single round trip. Taken as the last step of a transaction,
+/// after its other row locks, so it is held only for the append itself.
 async fn append<C: GenericClient>(tx: &C, events: &[AuditEvent]) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await.map_err(pg_err)?;
-    let head = tx
-        .query_opt("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1", &[])
+    let lock = tx
+        .prepare_cached("UPDATE audit_head SET seq = seq WHERE only_row RETURNING seq, hash")
         .await
         .map_err(pg_err)?;
-    let mut prev = match head {
-        Some(r) => Some((r.get::<_, i64>(0), hash32(r.get(1))?)),
-        None => None,
-    };
+    let head = tx.query_one(&lock, &[]).await.map_err(pg_err)?;
+    let mut prev = (head.get::<_, i64>(0), hash32(head.get(1))?);
     let insert = tx
         .prepare_cached(
-            "INSERT INTO audit_events (seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            "WITH e AS (
+                 INSERT INTO audit_events (seq, id, at, actor, action, subject, ip, user_agent, request_id, outcome, details, prev_hash, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13))
+             UPDATE audit_head SET seq = $1, hash = $13 WHERE only_row",
         )
         .await
         .map_err(pg_err)?;
     for event in events {
-        let r = audit::link(prev, event.clone());
+        // seq 0 is the empty chain: the first record links to GENESIS.
+        let r = audit::link((prev.0 > 0).then_some(prev), event.clone());
         let e = &r.event;
         tx.execute(
             &insert,
@@ -77,7 +78,7 @@ async fn append<C: GenericClient>(tx: &C, events: &[AuditEvent]) -> Result<()> {
         )
         .await
         .map_err(pg_err)?;
-        prev = Some((r.seq, r.hash));
+        prev = (r.seq, r.hash);
     }
     Ok(())
 }
