@@ -109,20 +109,7 @@ async fn run(duration: Duration) {
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "login") {
         let cpu0 = cpu_seconds(server.child.id().unwrap());
         let faults0 = minor_faults(server.child.id().unwrap());
-        let logins = closed_loop(duration, CLIENTS, {
-            let (http, base, emails) = (http.clone(), server.base.clone(), emails.clone());
-            move |i| {
-                let (http, base, email) = (http.clone(), base.clone(), emails[i].clone());
-                async move {
-                    http.post(format!("{base}/auth/login"))
-                        .json(&json!({"email": email, "password": PASSWORD}))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
-                }
-            }
-        })
-        .await;
+        let logins = login_flood(&http, &server.base, &emails, duration).await;
         let cpu = cpu_seconds(server.child.id().unwrap()) - cpu0;
         let n = logins.rate * duration.as_secs_f64();
         let faults = minor_faults(server.child.id().unwrap()) - faults0;
@@ -161,20 +148,7 @@ async fn run(duration: Duration) {
     let flooding = Arc::new(AtomicBool::new(true));
     let probe =
         tokio::spawn(probe_me(http.clone(), server.base.clone(), access.clone(), duration, flooding.clone()));
-    let logins = closed_loop(duration, CLIENTS, {
-        let (http, base, emails) = (http.clone(), server.base.clone(), emails.clone());
-        move |i| {
-            let (http, base, email) = (http.clone(), base.clone(), emails[i].clone());
-            async move {
-                http.post(format!("{base}/auth/login"))
-                    .json(&json!({"email": email, "password": PASSWORD}))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
-        }
-    })
-    .await;
+    let logins = login_flood(&http, &server.base, &emails, duration).await;
     flooding.store(false, Ordering::Relaxed);
     let busy_me = probe.await.unwrap();
 
@@ -285,6 +259,27 @@ async fn post(http: &reqwest::Client, base: &str, path: &str, body: Value, beare
     let text = response.text().await.unwrap();
     assert!(status.is_success(), "{path}: {status} {text}");
     serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// `CLIENTS` clients logging in back to back (one account each) for `duration`.
+async fn login_flood(
+    http: &reqwest::Client,
+    base: &str,
+    emails: &[String],
+    duration: Duration,
+) -> Throughput {
+    let (http, base, emails) = (http.clone(), base.to_owned(), emails.to_vec());
+    closed_loop(duration, CLIENTS, move |i| {
+        let (http, base, email) = (http.clone(), base.clone(), emails[i].clone());
+        async move {
+            http.post(format!("{base}/auth/login"))
+                .json(&json!({"email": email, "password": PASSWORD}))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await
 }
 
 struct Throughput {
