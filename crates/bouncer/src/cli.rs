@@ -12,6 +12,7 @@ use bouncer_core::{
     audit::{Action, AuditContext, Outcome},
     config::Config,
     email::Email,
+    routes::RouteTable,
 };
 use bouncer_store::{NewUser, Store, StoreError};
 use clap::{Args, Parser, Subcommand};
@@ -57,10 +58,25 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Validate route tables.
+    Routes {
+        #[command(subcommand)]
+        command: RoutesCommand,
+    },
     /// Inspect the audit log.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesCommand {
+    /// Validate a route table: exit 0, or non-zero with the file, line and
+    /// reason (for CI and systemd ExecStartPre).
+    Check {
+        /// The routes.yaml to check.
+        file: PathBuf,
     },
 }
 
@@ -130,6 +146,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             add_user(config.load()?, &email, roles, password_stdin)
         }
         Command::Audit { command: AuditCommand::Verify { config } } => verify_audit(config.load()?),
+        Command::Routes { command: RoutesCommand::Check { file } } => check_routes(&file),
         Command::Keys { command: KeysCommand::Rotate { config } } => {
             let config = config.load()?;
             let kid = keys::rotate(&config.admin.keys_dir, OffsetDateTime::now_utc())?;
@@ -160,6 +177,18 @@ fn migrate(config: Config) -> anyhow::Result<()> {
         println!("applied {} migration(s); schema at version {}", report.applied.len(), report.current);
         Ok(())
     })
+}
+
+fn check_routes(file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let table = RouteTable::from_yaml(&text, &file.display().to_string())?;
+    println!(
+        "{}: ok — {} route(s), {} upstream(s)",
+        file.display(),
+        table.routes().len(),
+        table.upstreams.len()
+    );
+    Ok(())
 }
 
 fn verify_audit(config: Config) -> anyhow::Result<()> {

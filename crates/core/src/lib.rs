@@ -12,9 +12,11 @@ pub mod config;
 pub mod duration;
 pub mod email;
 pub mod password;
+pub mod path;
 pub mod problem;
 pub mod revocation;
 pub mod role;
+pub mod routes;
 pub mod throttle;
 pub mod token;
 

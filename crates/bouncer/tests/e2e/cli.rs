@@ -83,3 +83,19 @@ async fn no_migrate_refuses_an_unmigrated_database() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn routes_check_accepts_the_example_and_names_the_line_of_a_mistake() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/routes.yaml");
+    let out = tokio::process::Command::new(BIN).args(["routes", "check", example]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok — 6 route(s), 2 upstream(s)"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("routes.yaml");
+    std::fs::write(&bad, "upstreams:\n  app: { targets: [127.0.0.1:9000] }\nroutes:\n  - name: x\n    path: /x\n    upstream: missing\n").unwrap();
+    let out = tokio::process::Command::new(BIN).args(["routes", "check"]).arg(&bad).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("routes.yaml:4:") && stderr.contains("\"missing\" is not defined"), "{stderr}");
+}
