@@ -165,7 +165,10 @@ impl FromRequestParts<AppState> for Authenticated {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers)?;
         let now = OffsetDateTime::now_utc();
-        let claims = state.keys.verify(token, &state.expectations, now).map_err(ApiError::InvalidToken)?;
+        let claims = state
+            .keys
+            .verify(token, &state.expectations, now)
+            .map_err(|e| ApiError::InvalidToken(e.reason()))?;
         let (session, user) =
             state.store.session(claims.sid).await?.ok_or(ApiError::InvalidToken("unknown session"))?;
         if session.user_id != claims.sub {

@@ -62,7 +62,7 @@ pub struct Expectations {
 
 /// Why a token's claims were refused. Shown only as RFC 6750 `invalid_token`
 /// to clients; the variant goes to debug logs.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClaimError {
     #[error("token expired")]
     Expired,

@@ -11,6 +11,7 @@ pub mod claims;
 pub mod config;
 pub mod duration;
 pub mod email;
+pub mod jwt;
 pub mod password;
 pub mod path;
 pub mod problem;

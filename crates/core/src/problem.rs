@@ -23,6 +23,8 @@ macro_rules! kinds {
 impl ProblemKind {
     kinds! {
         MALFORMED_REQUEST = ("malformed-request", 400, "The request body is not valid JSON");
+        INVALID_PATH = ("invalid-path", 400, "The request path is not acceptable");
+        AMBIGUOUS_CREDENTIALS = ("ambiguous-credentials", 400, "More than one credential was sent");
         UNAUTHENTICATED = ("unauthenticated", 401, "Authentication required");
         INVALID_CREDENTIALS = ("invalid-credentials", 401, "Invalid email or password");
         INVALID_TOKEN = ("invalid-token", 401, "The token is invalid, expired or revoked");
@@ -42,6 +44,8 @@ impl ProblemKind {
         TOO_MANY_REQUESTS = ("too-many-requests", 429, "Too many requests");
         INTERNAL = ("internal", 500, "Internal error");
         UNAVAILABLE = ("unavailable", 503, "Service temporarily unavailable");
+        BAD_GATEWAY = ("bad-gateway", 502, "The upstream could not be reached");
+        GATEWAY_TIMEOUT = ("gateway-timeout", 504, "The upstream did not answer in time");
     }
 
     /// The `type` URI of this kind.
