@@ -43,6 +43,17 @@ enum Command {
         #[arg(long)]
         no_migrate: bool,
     },
+    /// Run the gateway (pingora reverse proxy) alone.
+    Gateway {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run a tiny upstream that echoes each request as JSON.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
     /// Apply pending database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -142,6 +153,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Admin { config, no_migrate } => run_admin(config.load()?, !no_migrate),
         Command::Migrate { config } => migrate(config.load()?),
+        Command::Gateway { config } => run_gateway(config.load()?),
+        Command::Echo { listen } => crate::echo::run(listen),
         Command::User { command: UserCommand::Add { config, email, roles, password_stdin } } => {
             add_user(config.load()?, &email, roles, password_stdin)
         }
@@ -246,8 +259,17 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
     })
 }
 
+/// Runs the gateway until a signal stops it; pingora owns the process from
+/// here (its own runtimes, signal handling and exit).
+fn run_gateway(config: Config) -> anyhow::Result<()> {
+    let gateway = bouncer_gateway::build(&config.gateway).map_err(anyhow::Error::msg)?;
+    let server = bouncer_gateway::server(&config.gateway, gateway);
+    tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");
+    server.run_forever()
+}
+
 /// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod echo;
 mod logging;
 
 use std::process::ExitCode;

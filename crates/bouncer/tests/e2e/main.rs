@@ -20,5 +20,6 @@ macro_rules! on_both_backends {
 mod admin;
 mod audit;
 mod cli;
+mod gateway;
 mod harness;
 mod rbac;

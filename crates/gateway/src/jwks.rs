@@ -1,0 +1,109 @@
+//! Verification keys from the admin service's JWKS.
+//!
+//! Fetched at start (retried every second until the first success), then
+//! refreshed every [`REFRESH_INTERVAL`]; a token with an unknown `kid`
+//! forces a refresh at most once per [`FORCED_REFRESH_MIN`], coalesced
+//! across concurrent requests. A failed fetch keeps the last good keys.
+//! Until keys were loaded once, authenticated routes answer 503: the
+//! gateway never accepts a token it could not check.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::{DecodingKey, jwk::JwkSet};
+
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+pub const FORCED_REFRESH_MIN: Duration = Duration::from_secs(30);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The current key set; `None` until the first successful fetch.
+pub struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    keys: ArcSwap<Option<HashMap<String, DecodingKey>>>,
+    /// When a refresh was last forced; the lock also coalesces callers.
+    forced: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Jwks {
+    pub fn new(url: &str) -> Self {
+        let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build().unwrap_or_default();
+        Self {
+            url: url.to_owned(),
+            http,
+            keys: ArcSwap::from_pointee(None),
+            forced: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The loaded keys, or `None` when none were ever loaded.
+    pub fn current(&self) -> Arc<Option<HashMap<String, DecodingKey>>> {
+        self.keys.load_full()
+    }
+
+    /// Fetches and swaps in the key set. Keys are pinned to EdDSA: JWKs of
+    /// any other type or algorithm are ignored, never trusted.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        let set: JwkSet = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("cannot fetch {}: {e}", self.url))?
+            .json()
+            .await
+            .map_err(|e| format!("{} is not a JWKS: {e}", self.url))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let eddsa = matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_))
+                && jwk.common.key_algorithm.is_none_or(|a| a == jsonwebtoken::jwk::KeyAlgorithm::EdDSA);
+            let (Some(kid), true) = (jwk.common.key_id.clone(), eddsa) else { continue };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid, key);
+            }
+        }
+        let n = keys.len();
+        self.keys.store(Arc::new(Some(keys)));
+        Ok(n)
+    }
+
+    /// Refreshes because a token named an unknown kid — unless a forced
+    /// refresh happened within [`FORCED_REFRESH_MIN`]. Concurrent callers
+    /// wait for the one refresh in flight instead of each fetching.
+    pub async fn refresh_for_unknown_kid(&self) {
+        let mut last = self.forced.lock().await;
+        if last.is_some_and(|t| t.elapsed() < FORCED_REFRESH_MIN) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.refresh().await {
+            Ok(n) => tracing::info!(keys = n, "JWKS refreshed for an unknown kid"),
+            Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the last keys"),
+        }
+    }
+
+    /// Runs forever: first load (retrying each second), then periodic refresh.
+    pub async fn keep_fresh(&self) {
+        loop {
+            match self.refresh().await {
+                Ok(n) => {
+                    tracing::info!(keys = n, url = %self.url, "JWKS loaded");
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "JWKS not loaded yet; authenticated routes answer 503"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        loop {
+            tokio::time::sleep(REFRESH_INTERVAL).await;
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "JWKS refresh failed; keeping the last keys");
+            }
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The gateway's request pipeline: one [`ProxyHttp`] implementation whose
+//! `request_filter` reads top to bottom — normalize, match, strip,
+//! authenticate, revocation, authorize, (rate limit: the shared-state
+//! issue) — and whose later phases forward with identity headers.
+//!
+//! pingora phases used, in the order they run:
+//! - `request_filter`: every decision; a denial is written here and
+//!   `Ok(true)` ends the request. `Ok(false)` forwards.
+//! - `upstream_peer`: the target chosen in `request_filter`.
+//! - `upstream_request_filter`: rewrite the path to its normalized form,
+//!   inject `X-User-*`, `X-Request-Id`, `X-Forwarded-For`.
+//! - `response_filter`: echo `X-Request-Id` to the client.
+//! - `fail_to_proxy`: 502/504 as problem+json.
+//! - `logging`: one access-log line.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bouncer_core::{
+    claims::{AccessClaims, Expectations},
+    jwt::{self, TokenError},
+    path::normalize_path,
+    problem::ProblemKind,
+    routes::{AuthMode, RouteMatch, RouteTable},
+};
+use ipnet::IpNet;
+use pingora::{
+    ErrorType,
+    http::{RequestHeader, ResponseHeader},
+    prelude::HttpPeer,
+    proxy::{FailToProxy, ProxyHttp, Session},
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    identity::{self, X_FORWARDED_FOR, X_REQUEST_ID, X_USER_EMAIL, X_USER_ID, X_USER_ROLES},
+    jwks::Jwks,
+    problem::Denial,
+    revocations::RevocationSet,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A route table with its upstreams resolved, swapped whole on reload.
+pub struct LoadedTable {
+    pub table: RouteTable,
+    /// Targets of each upstream, resolved at load time (no DNS per request).
+    upstreams: std::collections::HashMap<String, (Vec<SocketAddr>, AtomicUsize)>,
+}
+
+impl LoadedTable {
+    /// Resolves every upstream target; a name that does not resolve makes
+    /// the whole table invalid.
+    pub fn resolve(table: RouteTable) -> Result<Self, String> {
+        let mut upstreams = std::collections::HashMap::new();
+        for (name, spec) in &table.upstreams {
+            let mut addrs = Vec::new();
+            for target in &spec.targets {
+                let resolved = std::net::ToSocketAddrs::to_socket_addrs(target.as_str())
+                    .map_err(|e| format!("upstreams.{name}: cannot resolve {target}: {e}"))?
+                    .next()
+                    .ok_or_else(|| format!("upstreams.{name}: {target} resolves to nothing"))?;
+                addrs.push(resolved);
+            }
+            upstreams.insert(name.clone(), (addrs, AtomicUsize::new(0)));
+        }
+        Ok(Self { table, upstreams })
+    }
+
+    /// The next target of `upstream`, round robin.
+    fn next_target(&self, upstream: &str) -> Option<SocketAddr> {
+        let (targets, next) = self.upstreams.get(upstream)?;
+        let i = next.fetch_add(1, Ordering::Relaxed) % targets.len();
+        targets.get(i).copied()
+    }
+}
+
+/// Everything the pipeline reads; shared by all requests.
+pub struct Gateway {
+    pub table: ArcSwap<LoadedTable>,
+    pub jwks: Arc<Jwks>,
+    pub revocations: Arc<RevocationSet>,
+    pub expectations: Expectations,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Per-request state carried between phases.
+#[derive(Default)]
+pub struct RequestCtx {
+    request_id: String,
+    started: Option<Instant>,
+    route: Option<String>,
+    /// The normalized path, when it differs from what the client sent.
+    rewritten_path: Option<String>,
+    target: Option<SocketAddr>,
+    identity: Option<AccessClaims>,
+    client_ip: Option<IpAddr>,
+    decision: &'static str,
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx { started: Some(Instant::now()), decision: "forwarded", ..RequestCtx::default() }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        match self.decide(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(denial) => {
+                ctx.decision = denial.decision;
+                denial.write(session, &ctx.request_id).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let target = ctx.target.ok_or_else(|| pingora::Error::new(ErrorType::InternalError))?;
+        let mut peer = HttpPeer::new(target, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.read_timeout = Some(READ_TIMEOUT);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(path) = &ctx.rewritten_path {
+            let query = upstream.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            let uri = format!("{path}{query}")
+                .parse()
+                .map_err(|_| pingora::Error::new(ErrorType::InternalError))?;
+            upstream.set_uri(uri);
+        }
+        if let Some(claims) = &ctx.identity {
+            upstream.insert_header(X_USER_ID, claims.sub.to_string())?;
+            upstream.insert_header(X_USER_EMAIL, claims.email.as_str())?;
+            upstream.insert_header(X_USER_ROLES, claims.roles.join(","))?;
+        }
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        let forwarded = forwarded_for(session.req_header(), ctx.client_ip, &self.trusted_proxies);
+        upstream.remove_header(X_FORWARDED_FOR);
+        if let Some(value) = forwarded {
+            upstream.insert_header(X_FORWARDED_FOR, value)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &pingora::Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let denial = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout => Denial::new(
+                ProblemKind::GATEWAY_TIMEOUT,
+                "The upstream did not answer in time.",
+                "upstream_timeout",
+            ),
+            _ => {
+                Denial::new(ProblemKind::BAD_GATEWAY, "The upstream could not be reached.", "upstream_error")
+            }
+        };
+        ctx.decision = denial.decision;
+        let code = denial.kind.status;
+        if let Err(write_error) = denial.write(session, &ctx.request_id).await {
+            tracing::debug!(error = %write_error, "could not write the error response");
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let micros = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64);
+        tracing::info!(
+            target: "bouncer::access",
+            request_id = %ctx.request_id,
+            method = %session.req_header().method,
+            route = ctx.route.as_deref().unwrap_or("-"),
+            status,
+            decision = ctx.decision,
+            user_id = ctx.identity.as_ref().map(|c| c.sub.to_string()).unwrap_or_default(),
+            client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            micros,
+            "request"
+        );
+    }
+}
+
+impl Gateway {
+    /// The pipeline, top to bottom. `Err` is a denial to write.
+    async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Denial> {
+        // 1. Normalize the path: what is matched is what is forwarded.
+        let raw_path = session.req_header().uri.path().to_owned();
+        let path = normalize_path(&raw_path)
+            .map_err(|_| {
+                Denial::new(ProblemKind::INVALID_PATH, "The request path is not acceptable.", "invalid_path")
+            })?
+            .into_owned();
+        if path != raw_path {
+            ctx.rewritten_path = Some(path.clone());
+        }
+
+        // 2. Match the route (default deny).
+        let loaded = self.table.load_full();
+        let method = session.req_header().method.as_str().to_owned();
+        let (route, owner_value) = match loaded.table.match_request(&method, &path) {
+            RouteMatch::Found { route, params } => {
+                let owner = route
+                    .spec
+                    .owner
+                    .as_deref()
+                    .and_then(|o| params.iter().find(|(k, _)| *k == o))
+                    .map(|(_, v)| v.to_string());
+                (route, owner)
+            }
+            RouteMatch::MethodNotAllowed { allow } => {
+                return Err(Denial::new(
+                    ProblemKind::METHOD_NOT_ALLOWED,
+                    "This method is not allowed here.",
+                    "method_not_allowed",
+                )
+                .with("allow", allow.join(", ")));
+            }
+            RouteMatch::NotFound => {
+                return Err(Denial::new(ProblemKind::NOT_FOUND, "No route matches this path.", "no_route"));
+            }
+        };
+        ctx.route = Some(route.name().to_owned());
+
+        // 3. Strip every client-sent identity header, on every route.
+        strip_identity_headers(session.req_header_mut());
+
+        // 4. Authenticate, then 5. check revocations.
+        ctx.identity = match route.spec.auth {
+            AuthMode::None => None,
+            mode => self.authenticate(session.req_header(), mode == AuthMode::Required).await?,
+        };
+        if let Some(claims) = &ctx.identity
+            && self.revocations.is_revoked(claims.sub, claims.sid, claims.iat)
+        {
+            return Err(Denial::invalid_token("The access token was revoked.", "revoked"));
+        }
+
+        // 6. Authorize: any-of roles, or the owner rule.
+        if route.spec.auth != AuthMode::None
+            && let Some(claims) = &ctx.identity
+        {
+            let by_role =
+                route.spec.roles.is_empty() || route.spec.roles.iter().any(|r| claims.roles.contains(r));
+            let by_owner = owner_value.as_deref().is_some_and(|v| v == claims.sub.to_string());
+            let needs_grant = !route.spec.roles.is_empty() || route.spec.owner.is_some();
+            if needs_grant && !(by_role && !route.spec.roles.is_empty() || by_owner) {
+                return Err(Denial::new(
+                    ProblemKind::FORBIDDEN,
+                    "Your roles do not allow this request.",
+                    "forbidden",
+                ));
+            }
+        }
+
+        // 7. Rate limiting joins here with the shared-state work.
+
+        ctx.target = loaded.next_target(&route.spec.upstream);
+        if ctx.target.is_none() {
+            return Err(Denial::new(
+                ProblemKind::BAD_GATEWAY,
+                "The upstream could not be reached.",
+                "no_target",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `Ok(None)` for an anonymous caller on an optional route.
+    async fn authenticate(
+        &self,
+        req: &RequestHeader,
+        required: bool,
+    ) -> Result<Option<AccessClaims>, Denial> {
+        let mut headers = req.headers.get_all(http::header::AUTHORIZATION).iter();
+        let header = headers.next();
+        let query_token =
+            req.uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")));
+        // Tokens in URLs leak into logs and caches: a query token is refused
+        // on its own as well as beside a header.
+        if headers.next().is_some() || query_token {
+            return Err(Denial::new(
+                ProblemKind::AMBIGUOUS_CREDENTIALS,
+                "Send exactly one credential, as an Authorization: Bearer header.",
+                "ambiguous_credentials",
+            ));
+        }
+        let Some(value) = header else {
+            return if required {
+                Err(Denial::new(
+                    ProblemKind::UNAUTHENTICATED,
+                    "Send an access token as 'Authorization: Bearer <token>'.",
+                    "no_token",
+                )
+                .with("www-authenticate", "Bearer realm=\"bouncer\""))
+            } else {
+                Ok(None)
+            };
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(|| {
+                Denial::invalid_token("The Authorization header is not a bearer token.", "invalid_token")
+            })?;
+        let claims = match self.verify(token).await {
+            Ok(c) => c,
+            Err(None) => {
+                return Err(Denial::new(
+                    ProblemKind::UNAVAILABLE,
+                    "Token verification keys are not loaded yet.",
+                    "no_keys",
+                )
+                .with("retry-after", "1"));
+            }
+            Err(Some(reason)) => {
+                tracing::debug!(%reason, "token refused");
+                return Err(Denial::invalid_token(
+                    "The access token is invalid, expired or revoked.",
+                    "invalid_token",
+                ));
+            }
+        };
+        let printable = identity::safe_header_value(&claims.email)
+            && claims.roles.iter().all(|r| identity::safe_header_value(r));
+        if !printable {
+            return Err(Denial::invalid_token(
+                "The token's claims cannot be passed on safely.",
+                "unsafe_claims",
+            ));
+        }
+        Ok(Some(claims))
+    }
+
+    /// `Err(None)`: no keys were ever loaded (503). `Err(Some(_))`: refused.
+    async fn verify(&self, token: &str) -> Result<AccessClaims, Option<TokenError>> {
+        let now = OffsetDateTime::now_utc();
+        let attempt = |keys: &Option<std::collections::HashMap<String, jsonwebtoken::DecodingKey>>| {
+            keys.as_ref().map(|keys| jwt::verify(token, |kid| keys.get(kid), &self.expectations, now))
+        };
+        let keys = self.jwks.current();
+        match attempt(&keys) {
+            None => Err(None),
+            Some(Err(TokenError::UnknownKid)) if jwt::kid_of(token).is_some() => {
+                // A key rotated in since the last fetch: refresh (rate limited) and retry once.
+                self.jwks.refresh_for_unknown_kid().await;
+                attempt(&self.jwks.current()).unwrap_or(Err(TokenError::UnknownKid)).map_err(Some)
+            }
+            Some(result) => result.map_err(Some),
+        }
+    }
+}
+
+/// The client's request id when sane, otherwise a new one.
+fn request_id(req: &RequestHeader) -> String {
+    req.headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::new_v4().to_string())
+}
+
+fn strip_identity_headers(req: &mut RequestHeader) {
+    let connection: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_owned())
+        .collect();
+    let tokens: Vec<&str> = connection.iter().map(String::as_str).collect();
+    for name in identity::names_to_strip(req.headers.keys(), &tokens) {
+        req.remove_header(&name);
+    }
+}
+
+/// `X-Forwarded-For` for the upstream: the inbound chain only when the peer
+/// is a trusted proxy, then the peer itself.
+fn forwarded_for(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -> Option<String> {
+    let peer = peer?;
+    let inbound: Vec<&str> = if trusted.iter().any(|n| n.contains(&peer)) {
+        req.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut chain = inbound.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer.to_string());
+    Some(chain)
+}
