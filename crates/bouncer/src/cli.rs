@@ -43,6 +43,11 @@ enum Command {
         #[arg(long)]
         no_migrate: bool,
     },
+    /// Run admin + gateway (+ the echo upstream when the routes name it) in one process.
+    Up {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Run the gateway (pingora reverse proxy) alone.
     Gateway {
         #[command(flatten)]
@@ -154,6 +159,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin { config, no_migrate } => run_admin(config.load()?, !no_migrate),
         Command::Migrate { config } => migrate(config.load()?),
         Command::Gateway { config } => run_gateway(config.load()?),
+        Command::Up { config } => crate::up::run(config.load()?),
         Command::Echo { listen } => crate::echo::run(listen),
         Command::User { command: UserCommand::Add { config, email, roles, password_stdin } } => {
             add_user(config.load()?, &email, roles, password_stdin)

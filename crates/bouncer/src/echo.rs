@@ -30,14 +30,17 @@ async fn echo(request: Request) -> Json<Value> {
 
 pub fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "echo listening");
-        axum::serve(listener, Router::new().fallback(echo))
-            .with_graceful_shutdown(crate::cli::shutdown_signal())
-            .await?;
-        Ok(())
-    })
+    runtime.block_on(serve(listen, crate::cli::shutdown_signal()))
+}
+
+/// Serves the echo app on `listen` until `stop` resolves.
+pub async fn serve(
+    listen: SocketAddr,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "echo listening");
+    axum::serve(listener, Router::new().fallback(echo)).with_graceful_shutdown(stop).await?;
+    Ok(())
 }

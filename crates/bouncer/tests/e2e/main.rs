@@ -23,3 +23,4 @@ mod cli;
 mod gateway;
 mod harness;
 mod rbac;
+mod up;

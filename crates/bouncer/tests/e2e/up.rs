@@ -1,0 +1,145 @@
+//! `bouncer up`: admin, gateway and echo in one process, revocations in-process.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use tokio::process::Command;
+
+use crate::harness::{BIN, PASSWORD, expect_json, expect_problem, run_cli};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns true or `limit` passes; returns how long it took.
+async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_port, gateway_port, metrics_port, echo_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "upstreams:\n  admin: {{ targets: [127.0.0.1:{admin_port}] }}\n  echo: {{ targets: [127.0.0.1:{echo_port}] }}\nroutes:\n  - {{ name: auth, path: /auth/**, upstream: admin, auth: none }}\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("bouncer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: 127.0.0.1:{admin_port}\n  database: sqlite://{0}/data/b.db\n  keys_dir: {0}/keys\n  issuer: http://127.0.0.1:{admin_port}\n  key_activation_delay: 0s\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {1}\n  jwks_url: http://127.0.0.1:{admin_port}/.well-known/jwks.json\n  issuer: http://127.0.0.1:{admin_port}\n  shutdown_grace: 2s\n",
+            dir.path().display(),
+            routes.display()
+        ),
+    )
+    .unwrap();
+    let mut up = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = up.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let mut stderr = stderr;
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let gw = format!("http://127.0.0.1:{gateway_port}");
+    let http = reqwest::Client::new();
+    let ready = within(Duration::from_secs(30), async || {
+        let r = http.get(format!("{gw}/api/x")).bearer_auth("x").send().await;
+        r.is_ok_and(|r| r.status() == 401)
+    })
+    .await;
+    assert!(ready.is_some(), "bouncer up did not become ready (JWKS loaded) within 30 s");
+
+    // The whole pipeline in one process: signup and login through the gateway, then the API.
+    let body = json!({"email": "up@example.com", "password": PASSWORD});
+    let user =
+        expect_json(http.post(format!("{gw}/auth/signup")).json(&body).send().await.unwrap(), 201).await;
+    let login = |http: reqwest::Client| {
+        let (gw, body) = (gw.clone(), body.clone());
+        async move {
+            expect_json(http.post(format!("{gw}/auth/login")).json(&body).send().await.unwrap(), 200).await
+        }
+    };
+    let tokens = login(http.clone()).await;
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let seen =
+        expect_json(http.get(format!("{gw}/api/orders")).bearer_auth(&access).send().await.unwrap(), 200)
+            .await;
+    assert_eq!(
+        seen["headers"]["x-user-id"], user["id"],
+        "the built-in echo saw the gateway's identity headers"
+    );
+
+    // Logout: the session's access token is refused by the gateway at once.
+    let logout = json!({"refresh_token": tokens["refresh_token"]});
+    expect_json(http.post(format!("{gw}/auth/logout")).json(&logout).send().await.unwrap(), 204).await;
+    let refused = within(Duration::from_secs(1), async || {
+        http.get(format!("{gw}/api/orders")).bearer_auth(&access).send().await.unwrap().status() == 401
+    })
+    .await;
+    assert!(refused.is_some(), "logout must be refused by the gateway within 1 s");
+
+    // Ban (by an admin made with the CLI on the same database): refused too.
+    let fresh = login(http.clone()).await["access_token"].as_str().unwrap().to_owned();
+    expect_json(http.get(format!("{gw}/api/orders")).bearer_auth(&fresh).send().await.unwrap(), 200).await;
+    let out = run_cli(
+        &config,
+        &["user", "add", "--email", "root@example.com", "--role", "admin", "--password-stdin"],
+        Some(PASSWORD),
+    )
+    .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin_base = format!("http://127.0.0.1:{admin_port}");
+    let root = json!({"email": "root@example.com", "password": PASSWORD});
+    let root =
+        expect_json(http.post(format!("{admin_base}/auth/login")).json(&root).send().await.unwrap(), 200)
+            .await;
+    let ban = http
+        .post(format!("{admin_base}/admin/users/{}/ban", user["id"].as_str().unwrap()))
+        .bearer_auth(root["access_token"].as_str().unwrap())
+        .json(&json!({"reason": "test"}))
+        .send()
+        .await
+        .unwrap();
+    expect_json(ban, 200).await;
+    let banned = within(Duration::from_secs(1), async || {
+        http.get(format!("{gw}/api/orders")).bearer_auth(&fresh).send().await.unwrap().status() == 401
+    })
+    .await;
+    assert!(banned.is_some(), "a ban must be refused by the gateway within 1 s");
+    let problem = http.get(format!("{gw}/api/orders")).bearer_auth(&fresh).send().await.unwrap();
+    expect_problem(problem, 401, "invalid-token").await;
+
+    // SIGTERM: a clean exit.
+    let pid = up.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status =
+        tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("exits within 15 s").unwrap();
+    assert!(status.success(), "exit status {status}");
+    let logs = logs.await.unwrap();
+    assert!(logs.contains("No admin user yet"), "first start explains how to create an admin");
+}
