@@ -12,6 +12,7 @@ pub mod identity;
 pub mod jwks;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod revocations;
 
 use std::{path::Path, sync::Arc};
@@ -41,7 +42,7 @@ pub fn load_routes(path: &Path) -> Result<LoadedTable, String> {
 pub fn build(config: &GatewayConfig) -> Result<Gateway, String> {
     let table = load_routes(&config.routes)?;
     Ok(Gateway {
-        table: ArcSwap::from_pointee(table),
+        table: Arc::new(ArcSwap::from_pointee(table)),
         jwks: Arc::new(Jwks::new(&config.jwks_url)),
         revocations: Arc::new(RevocationSet::default()),
         expectations: Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() },
@@ -74,6 +75,12 @@ pub fn server(config: &GatewayConfig, gateway: Gateway) -> Server {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     server.add_service(background_service("jwks", KeepKeysFresh(gateway.jwks.clone())));
+    let reloader = reload::RouteReloader {
+        path: config.routes.clone(),
+        table: gateway.table.clone(),
+        stats: Arc::new(reload::ReloadStats::default()),
+    };
+    server.add_service(background_service("routes", reloader));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);

@@ -87,7 +87,7 @@ impl LoadedTable {
 
 /// Everything the pipeline reads; shared by all requests.
 pub struct Gateway {
-    pub table: ArcSwap<LoadedTable>,
+    pub table: Arc<ArcSwap<LoadedTable>>,
     pub jwks: Arc<Jwks>,
     pub revocations: Arc<RevocationSet>,
     pub expectations: Expectations,

@@ -18,7 +18,8 @@ fn free_port() -> u16 {
 struct Stack {
     admin: Admin,
     _echo: Child,
-    _gateway: Child,
+    gateway: Child,
+    routes_path: std::path::PathBuf,
     base: String,
     http: reqwest::Client,
 }
@@ -88,7 +89,8 @@ impl Stack {
         let stack = Self {
             admin,
             _echo: echo,
-            _gateway: gateway,
+            gateway,
+            routes_path: routes_path.clone(),
             base: format!("http://127.0.0.1:{gateway_port}"),
             http: reqwest::Client::new(),
         };
@@ -334,4 +336,45 @@ async fn every_class_of_bad_token_is_refused() {
     // Unsafe claim values never become headers.
     let crlf = s.forge(&token, |c, _| c["email"] = json!("a@example.com\r\nX-User-Roles: admin"));
     expect_problem(s.get("/api/orders/1", Some(&crlf)).await, 401, "invalid-token").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_reload_on_change_and_on_sighup_and_a_bad_file_changes_nothing() {
+    let s = Stack::start().await;
+    let original = std::fs::read_to_string(&s.routes_path).unwrap();
+    expect_problem(s.get("/fresh/x", None).await, 404, "not-found").await;
+    let echo_target = original.lines().find(|l| l.contains("app:")).unwrap().to_owned();
+    let added = format!("{original}  - {{ name: fresh, path: /fresh/**, upstream: app, auth: none }}\n");
+    std::fs::write(&s.routes_path, &added).unwrap();
+    let mut reloaded = false;
+    for _ in 0..60 {
+        if s.get("/fresh/x", None).await.status() == 200 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "a changed file is picked up ({echo_target})");
+
+    // An invalid file is rejected whole: the previous table keeps serving.
+    std::fs::write(&s.routes_path, format!("{added}  - {{ name: fresh, path: /dup, upstream: app }}\n"))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    expect_json(s.get("/fresh/x", None).await, 200).await;
+    expect_json(s.get("/public/x", None).await, 200).await;
+
+    // SIGHUP reloads (and does not kill the process).
+    std::fs::write(&s.routes_path, &original).unwrap();
+    let pid = s.gateway.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let mut removed = false;
+    for _ in 0..60 {
+        if s.get("/fresh/x", None).await.status() == 404 {
+            removed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(removed, "SIGHUP (or the change) reloads the table");
+    expect_json(s.get("/public/x", None).await, 200).await;
 }
