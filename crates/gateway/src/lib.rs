@@ -10,6 +10,7 @@
 
 pub mod identity;
 pub mod jwks;
+pub mod metrics;
 pub mod problem;
 pub mod proxy;
 pub mod reload;
@@ -47,6 +48,7 @@ pub fn build(config: &GatewayConfig) -> Result<Gateway, String> {
         revocations: Arc::new(RevocationSet::default()),
         expectations: Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() },
         trusted_proxies: config.trusted_proxies.clone(),
+        metrics: Arc::new(metrics::GatewayMetrics::new(Arc::new(reload::ReloadStats::default()))),
     })
 }
 
@@ -78,9 +80,11 @@ pub fn server(config: &GatewayConfig, gateway: Gateway) -> Server {
     let reloader = reload::RouteReloader {
         path: config.routes.clone(),
         table: gateway.table.clone(),
-        stats: Arc::new(reload::ReloadStats::default()),
+        stats: gateway.metrics_reload_stats(),
     };
     server.add_service(background_service("routes", reloader));
+    let metrics = metrics::MetricsService { listen: config.metrics_listen, metrics: gateway.metrics.clone() };
+    server.add_service(background_service("metrics", metrics));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);

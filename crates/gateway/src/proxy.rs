@@ -92,6 +92,7 @@ pub struct Gateway {
     pub revocations: Arc<RevocationSet>,
     pub expectations: Expectations,
     pub trusted_proxies: Vec<IpNet>,
+    pub metrics: Arc<crate::metrics::GatewayMetrics>,
 }
 
 /// Per-request state carried between phases.
@@ -204,7 +205,9 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, _e: Option<&pingora::Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let micros = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64);
+        let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
+        let micros = elapsed.as_micros() as u64;
+        self.metrics.observe(ctx.route.as_deref().unwrap_or("-"), status, ctx.decision, elapsed);
         tracing::info!(
             target: "bouncer::access",
             request_id = %ctx.request_id,
@@ -221,6 +224,11 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
+    /// The reload counters the metrics report.
+    pub fn metrics_reload_stats(&self) -> Arc<crate::reload::ReloadStats> {
+        self.metrics.reload_stats()
+    }
+
     /// The pipeline, top to bottom. `Err` is a denial to write.
     async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Denial> {
         // 1. Normalize the path: what is matched is what is forwarded.

@@ -20,6 +20,7 @@ struct Stack {
     _echo: Child,
     gateway: Child,
     routes_path: std::path::PathBuf,
+    metrics_base: String,
     base: String,
     http: reqwest::Client,
 }
@@ -86,11 +87,13 @@ impl Stack {
             .unwrap();
         wait_for_port(echo_port).await;
         wait_for_port(gateway_port).await;
+        wait_for_port(metrics_port).await;
         let stack = Self {
             admin,
             _echo: echo,
             gateway,
             routes_path: routes_path.clone(),
+            metrics_base: format!("http://127.0.0.1:{metrics_port}"),
             base: format!("http://127.0.0.1:{gateway_port}"),
             http: reqwest::Client::new(),
         };
@@ -210,6 +213,21 @@ async fn default_deny_authentication_roles_and_identity_headers() {
     for spoof in ["x_user_roles", "x.user.email", "x-original-url"] {
         assert!(h.get(spoof).is_none(), "{spoof} reached the upstream: {h}");
     }
+
+    // Metrics and health live on their own port only.
+    let health = s.http.get(format!("{}/healthz", s.metrics_base)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics =
+        s.http.get(format!("{}/metrics", s.metrics_base)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(
+            "bouncer_gateway_requests_total{route=\"orders-admin\",status=\"403\",decision=\"forbidden\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("bouncer_gateway_request_duration_seconds_bucket"), "{metrics}");
+    expect_problem(s.get("/metrics", None).await, 404, "not-found").await;
+    expect_problem(s.get("/healthz", None).await, 404, "not-found").await;
 
     // Identity headers are stripped on auth: none routes too, including Connection-named ones.
     let public = s
