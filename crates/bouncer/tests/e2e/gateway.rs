@@ -8,12 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::harness::{Admin, BIN, Backend, PASSWORD, expect_json, expect_problem};
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::harness::{Admin, BIN, Backend, PASSWORD, expect_json, expect_problem, free_port};
 
 struct Stack {
     admin: Admin,

@@ -230,6 +230,12 @@ pub async fn run_cli(config: &Path, args: &[&str], stdin: Option<&str>) -> std::
     child.wait_with_output().await.unwrap()
 }
 
+/// A port nobody listens on right now (bound and released; tests start their
+/// servers right after, so another taker in between is very unlikely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Asserts the status and returns the JSON body, showing the body on mismatch.
 pub async fn expect_json(response: Response, status: u16) -> Value {
     let got = response.status();

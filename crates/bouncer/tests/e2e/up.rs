@@ -8,11 +8,7 @@ use std::{
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::harness::{BIN, PASSWORD, expect_json, expect_problem, run_cli};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::harness::{BIN, PASSWORD, expect_json, expect_problem, free_port, run_cli};
 
 /// Polls `check` until it returns true or `limit` passes; returns how long it took.
 async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
