@@ -66,6 +66,10 @@ pub struct RouteSpec {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
     pub targets: Vec<String>,
+    /// Time to connect to a target before trying the next (default 2s).
+    pub connect_timeout: Option<crate::ConfigDuration>,
+    /// Time to wait for the upstream's response (default 30s; then 504).
+    pub read_timeout: Option<crate::ConfigDuration>,
 }
 
 /// The whole file as written.

@@ -15,6 +15,7 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod revocations;
+pub mod upstream;
 
 use std::{path::Path, sync::Arc};
 

@@ -15,10 +15,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -46,16 +43,14 @@ use crate::{
     jwks::Jwks,
     problem::Denial,
     revocations::RevocationSet,
+    upstream::{self, Pool},
 };
-
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A route table with its upstreams resolved, swapped whole on reload.
 pub struct LoadedTable {
     pub table: RouteTable,
     /// Targets of each upstream, resolved at load time (no DNS per request).
-    upstreams: std::collections::HashMap<String, (Vec<SocketAddr>, AtomicUsize)>,
+    upstreams: std::collections::HashMap<String, Arc<Pool>>,
 }
 
 impl LoadedTable {
@@ -72,17 +67,22 @@ impl LoadedTable {
                     .ok_or_else(|| format!("upstreams.{name}: {target} resolves to nothing"))?;
                 addrs.push(resolved);
             }
-            upstreams.insert(name.clone(), (addrs, AtomicUsize::new(0)));
+            let connect = spec.connect_timeout.map_or(upstream::DEFAULT_CONNECT_TIMEOUT, |d| d.get());
+            let read = spec.read_timeout.map_or(upstream::DEFAULT_READ_TIMEOUT, |d| d.get());
+            upstreams.insert(name.clone(), Arc::new(Pool::new(addrs, connect, read)));
         }
         Ok(Self { table, upstreams })
     }
 
-    /// The next target of `upstream`, round robin.
-    fn next_target(&self, upstream: &str) -> Option<SocketAddr> {
-        let (targets, next) = self.upstreams.get(upstream)?;
-        let i = next.fetch_add(1, Ordering::Relaxed) % targets.len();
-        targets.get(i).copied()
+    fn pool(&self, upstream: &str) -> Option<Arc<Pool>> {
+        self.upstreams.get(upstream).cloned()
     }
+}
+
+/// Milliseconds on a monotonic clock, for upstream health.
+fn monotonic_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Everything the pipeline reads; shared by all requests.
@@ -104,6 +104,9 @@ pub struct RequestCtx {
     /// The normalized path, when it differs from what the client sent.
     rewritten_path: Option<String>,
     target: Option<SocketAddr>,
+    /// The route's upstream pool, kept for retries against other targets.
+    pool: Option<Arc<Pool>>,
+    connect_attempts: usize,
     identity: Option<AccessClaims>,
     client_ip: Option<IpAddr>,
     decision: &'static str,
@@ -135,11 +138,49 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let target = ctx.target.ok_or_else(|| pingora::Error::new(ErrorType::InternalError))?;
+        let pool = ctx.pool.clone().ok_or_else(|| pingora::Error::new(ErrorType::InternalError))?;
+        // Called again after a retryable connect failure: pick afresh.
+        let target =
+            pool.pick(monotonic_ms()).ok_or_else(|| pingora::Error::new(ErrorType::InternalError))?;
+        ctx.target = Some(target);
+        ctx.connect_attempts += 1;
         let mut peer = HttpPeer::new(target, false, String::new());
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        peer.options.read_timeout = Some(READ_TIMEOUT);
+        peer.options.connection_timeout = Some(pool.connect_timeout);
+        peer.options.read_timeout = Some(pool.read_timeout);
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<pingora::Error>,
+    ) -> Box<pingora::Error> {
+        if let (Some(pool), Some(target)) = (&ctx.pool, ctx.target) {
+            pool.failed(target, monotonic_ms());
+            // Nothing reached the upstream yet, so another target is safe to try.
+            if ctx.connect_attempts < pool.len() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let (Some(pool), Some(target)) = (&ctx.pool, ctx.target) {
+            pool.succeeded(target);
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -302,8 +343,8 @@ impl Gateway {
 
         // 7. Rate limiting joins here with the shared-state work.
 
-        ctx.target = loaded.next_target(&route.spec.upstream);
-        if ctx.target.is_none() {
+        ctx.pool = loaded.pool(&route.spec.upstream).filter(|p| !p.is_empty());
+        if ctx.pool.is_none() {
             return Err(Denial::new(
                 ProblemKind::BAD_GATEWAY,
                 "The upstream could not be reached.",

@@ -25,6 +25,8 @@ upstreams:
   admin: { targets: [ADMIN] }
   app:   { targets: [ECHO] }
   dead:  { targets: [DEAD] }
+  mixed: { targets: [DEAD, ECHO] }
+  slow:  { targets: [SLOW], read_timeout: 500ms }
 routes:
   - { name: auth, path: /auth/**, upstream: admin, auth: none }
   - { name: orders, path: /api/orders/**, methods: [GET, HEAD], upstream: app, roles: [user, admin] }
@@ -33,6 +35,8 @@ routes:
   - { name: catalogue, path: /api/catalogue/**, upstream: app, auth: optional }
   - { name: public, path: /public/**, upstream: app, auth: none }
   - { name: broken, path: /broken/**, upstream: dead, auth: none }
+  - { name: mixed, path: /mixed/**, upstream: mixed, auth: none }
+  - { name: slow, path: /slow/**, upstream: slow, auth: none }
 "#;
 
 async fn wait_for_port(port: u16) {
@@ -50,6 +54,15 @@ impl Stack {
         let admin = Admin::start(Backend::Sqlite).await;
         let (echo_port, gateway_port, metrics_port, dead_port) =
             (free_port(), free_port(), free_port(), free_port());
+        // An upstream that accepts connections and never answers.
+        let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let slow_port = slow.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = slow.accept().await {
+                held.push(socket);
+            }
+        });
         let echo = Command::new(BIN)
             .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
             .stderr(Stdio::null())
@@ -60,7 +73,8 @@ impl Stack {
         let routes = ROUTES
             .replace("ADMIN", &admin_addr)
             .replace("ECHO", &format!("127.0.0.1:{echo_port}"))
-            .replace("DEAD", &format!("127.0.0.1:{dead_port}"));
+            .replace("DEAD", &format!("127.0.0.1:{dead_port}"))
+            .replace("SLOW", &format!("127.0.0.1:{slow_port}"));
         let routes_path = admin.dir.path().join("routes.yaml");
         std::fs::write(&routes_path, routes).unwrap();
         let config = admin.dir.path().join("gateway.yaml");
@@ -257,6 +271,13 @@ async fn owner_rule_optional_auth_and_upstream_failures() {
     expect_problem(s.get("/api/catalogue/1", Some("not-a-token")).await, 401, "invalid-token").await;
 
     expect_problem(s.get("/broken/x", None).await, 502, "bad-gateway").await;
+    // A dead target next to a live one: connect failures retry on the other
+    // target, and the dead one is ejected after three in a row.
+    for i in 0..8 {
+        let r = s.get(&format!("/mixed/{i}"), None).await;
+        assert_eq!(r.status(), 200, "request {i} must reach the live target");
+    }
+    expect_problem(s.get("/slow/x", None).await, 504, "gateway-timeout").await;
     for bad in [
         "/public/%2e%2e/%2e%2e/etc",
         "/public/../../etc",
