@@ -115,6 +115,36 @@ impl Route {
         &self.spec.name
     }
 
+    /// Decides access: `auth: none` lets everyone through; otherwise roles
+    /// are any-of, `owner` also grants when the named `{param}` equals the
+    /// caller's subject, and a route with neither admits any caller. An
+    /// anonymous caller (possible on `auth: optional`) passes only routes
+    /// that grant nothing specific.
+    pub fn authorize(&self, caller: Option<(&str, &[String])>, params: &[(&str, &str)]) -> Access {
+        if self.spec.auth == AuthMode::None {
+            return Access::Allowed;
+        }
+        let needs_grant = !self.spec.roles.is_empty() || self.spec.owner.is_some();
+        let Some((subject, roles)) = caller else {
+            return if self.spec.auth == AuthMode::Required || needs_grant {
+                Access::Unauthenticated
+            } else {
+                Access::Allowed
+            };
+        };
+        if !needs_grant {
+            return Access::Allowed;
+        }
+        let by_role = self.spec.roles.iter().any(|r| roles.contains(r));
+        let by_owner = self
+            .spec
+            .owner
+            .as_deref()
+            .and_then(|owner| params.iter().find(|(name, _)| *name == owner))
+            .is_some_and(|(_, value)| *value == subject);
+        if by_role || by_owner { Access::Allowed } else { Access::Forbidden }
+    }
+
     fn allows(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m == method)
     }
@@ -139,6 +169,16 @@ impl Route {
         }
         parts.next().is_none().then_some(params)
     }
+}
+
+/// The authorization decision for a matched route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// No caller, but the route needs one (401).
+    Unauthenticated,
+    /// A caller without a granting role and not the owner (403).
+    Forbidden,
 }
 
 /// The outcome of matching a request.
@@ -566,6 +606,42 @@ routes:
             assert!(e.to_string().contains(needle), "expected {needle:?} in {e}");
             assert!(e.to_string().starts_with("routes.yaml:"), "{e}");
         }
+    }
+
+    #[test]
+    fn authorization_follows_roles_owner_and_auth_mode() {
+        let t = table(
+            r#"
+upstreams: { u: { targets: [h:1] } }
+routes:
+  - { name: any, path: /any, upstream: u }
+  - { name: admin, path: /admin, upstream: u, roles: [admin, ops] }
+  - { name: own, path: "/users/{id}", upstream: u, roles: [admin], owner: id }
+  - { name: optional, path: /opt, upstream: u, auth: optional }
+  - { name: optional-admin, path: /opt-admin, upstream: u, auth: optional, roles: [admin] }
+  - { name: public, path: /pub, upstream: u, auth: none }
+"#,
+        );
+        let user = ["user".to_owned()];
+        let ops = ["ops".to_owned()];
+        let check = |path: &str, caller: Option<(&str, &[String])>| match t.match_request("GET", path) {
+            RouteMatch::Found { route, params } => route.authorize(caller, &params),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(check("/any", Some(("u1", &user))), Access::Allowed);
+        assert_eq!(check("/any", None), Access::Unauthenticated);
+        assert_eq!(check("/admin", Some(("u1", &user))), Access::Forbidden);
+        assert_eq!(check("/admin", Some(("u1", &ops))), Access::Allowed, "roles are any-of");
+        assert_eq!(check("/users/u1", Some(("u1", &user))), Access::Allowed, "the owner");
+        assert_eq!(check("/users/u2", Some(("u1", &user))), Access::Forbidden);
+        assert_eq!(check("/opt", None), Access::Allowed);
+        assert_eq!(
+            check("/opt-admin", None),
+            Access::Unauthenticated,
+            "optional auth never skips a role check"
+        );
+        assert_eq!(check("/opt-admin", Some(("u1", &user))), Access::Forbidden);
+        assert_eq!(check("/pub", None), Access::Allowed);
     }
 
     #[test]

@@ -20,11 +20,13 @@ pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Stripped from every request on every route, in canonical (`-`, lower
 /// case) form.
-const STRIPPED: [&str; 9] = [
+const STRIPPED: [&str; 11] = [
     X_USER_ID,
     X_USER_EMAIL,
     X_USER_ROLES,
     "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
     "x-original-url",
     "x-rewrite-url",
     "x-forwarded-uri",
@@ -67,6 +69,36 @@ pub fn safe_header_value(value: &str) -> bool {
     value.len() <= 1024 && value.bytes().all(|b| b == b' ' || (0x21..=0x7e).contains(&b))
 }
 
+/// Whether a query string carries a method override (`_method=`, as Rails,
+/// Laravel and Symfony honour on POST), which would let a client run a
+/// method the route table did not allow.
+pub fn query_overrides_method(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let key = pair.split('=').next().unwrap_or("");
+        percent_decoded_ascii(key).eq_ignore_ascii_case("_method")
+    })
+}
+
+fn percent_decoded_ascii(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%').then(|| u8::from_str_radix(s.get(i + 1..i + 3)?, 16).ok()).flatten();
+        match escaped {
+            Some(b) => {
+                out.push(b as char);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i] as char);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +128,16 @@ mod tests {
         let present = [HeaderName::from_static("x_user_id"), HeaderName::from_static("accept")];
         let names = names_to_strip(present.iter(), &["keep-alive", " X-User-Roles"]);
         assert_eq!(names, [HeaderName::from_static("x_user_id"), HeaderName::from_static("x-user-roles")]);
+    }
+
+    #[test]
+    fn method_overrides_in_the_query_are_recognized() {
+        for q in ["_method=DELETE", "a=1&_method=put", "_METHOD=x", "%5Fmethod=DELETE", "_method"] {
+            assert!(query_overrides_method(q), "{q}");
+        }
+        for q in ["method=DELETE", "a=_method", "x_method=1", ""] {
+            assert!(!query_overrides_method(q), "{q}");
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct Jwks {
     keys: ArcSwap<Option<HashMap<String, DecodingKey>>>,
     /// When a refresh was last forced; the lock also coalesces callers.
     forced: tokio::sync::Mutex<Option<Instant>>,
+    /// One fetch at a time: a slow periodic fetch begun before a rotation
+    /// must not land after (and overwrite) a forced one.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl Jwks {
@@ -37,6 +40,7 @@ impl Jwks {
             http,
             keys: ArcSwap::from_pointee(None),
             forced: tokio::sync::Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -48,6 +52,7 @@ impl Jwks {
     /// Fetches and swaps in the key set. Keys are pinned to EdDSA: JWKs of
     /// any other type or algorithm are ignored, never trusted.
     pub async fn refresh(&self) -> Result<usize, String> {
+        let _one_at_a_time = self.fetching.lock().await;
         let set: JwkSet = self
             .http
             .get(&self.url)

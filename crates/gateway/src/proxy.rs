@@ -26,11 +26,11 @@ use bouncer_core::{
     jwt::{self, TokenError},
     path::normalize_path,
     problem::ProblemKind,
-    routes::{AuthMode, RouteMatch, RouteTable},
+    routes::{Access, AuthMode, RouteMatch, RouteTable},
 };
 use ipnet::IpNet;
 use pingora::{
-    ErrorType,
+    ErrorSource, ErrorType,
     http::{RequestHeader, ResponseHeader},
     prelude::HttpPeer,
     proxy::{FailToProxy, ProxyHttp, Session},
@@ -106,7 +106,8 @@ pub struct RequestCtx {
     target: Option<SocketAddr>,
     /// The route's upstream pool, kept for retries against other targets.
     pool: Option<Arc<Pool>>,
-    connect_attempts: usize,
+    /// Targets already tried for this request (a retry goes elsewhere).
+    tried: Vec<SocketAddr>,
     identity: Option<AccessClaims>,
     client_ip: Option<IpAddr>,
     decision: &'static str,
@@ -140,10 +141,11 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<Box<HttpPeer>> {
         let pool = ctx.pool.clone().ok_or_else(|| pingora::Error::new(ErrorType::InternalError))?;
         // Called again after a retryable connect failure: pick afresh.
-        let target =
-            pool.pick(monotonic_ms()).ok_or_else(|| pingora::Error::new(ErrorType::InternalError))?;
+        let target = pool
+            .pick(monotonic_ms(), &ctx.tried)
+            .ok_or_else(|| pingora::Error::new(ErrorType::InternalError))?;
         ctx.target = Some(target);
-        ctx.connect_attempts += 1;
+        ctx.tried.push(target);
         let mut peer = HttpPeer::new(target, false, String::new());
         peer.options.connection_timeout = Some(pool.connect_timeout);
         peer.options.read_timeout = Some(pool.read_timeout);
@@ -160,7 +162,7 @@ impl ProxyHttp for Gateway {
         if let (Some(pool), Some(target)) = (&ctx.pool, ctx.target) {
             pool.failed(target, monotonic_ms());
             // Nothing reached the upstream yet, so another target is safe to try.
-            if ctx.connect_attempts < pool.len() {
+            if ctx.tried.len() < pool.len() {
                 e.set_retry(true);
             }
         }
@@ -226,16 +228,36 @@ impl ProxyHttp for Gateway {
         e: &pingora::Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let denial = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout => Denial::new(
+        // Headers already sent (a denial, or an upstream response that broke
+        // midway): nothing more may be written to this response.
+        if let Some(written) = session.response_written() {
+            return FailToProxy { error_code: written.status.as_u16(), can_reuse_downstream: false };
+        }
+        let denial = match (e.esource(), e.etype()) {
+            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Denial::new(
                 ProblemKind::GATEWAY_TIMEOUT,
                 "The upstream did not answer in time.",
                 "upstream_timeout",
             ),
-            _ => {
+            (ErrorSource::Upstream, _) => {
                 Denial::new(ProblemKind::BAD_GATEWAY, "The upstream could not be reached.", "upstream_error")
             }
+            // The client went away: there is no one to answer.
+            (
+                ErrorSource::Downstream,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+            ) => {
+                ctx.decision = "client_gone";
+                return FailToProxy { error_code: 0, can_reuse_downstream: false };
+            }
+            (ErrorSource::Downstream, _) => {
+                Denial::new(ProblemKind::MALFORMED_REQUEST, "The request could not be read.", "bad_request")
+            }
+            _ => Denial::new(ProblemKind::INTERNAL, "An internal error occurred.", "internal"),
         };
+        // pingora will not reuse this connection; say so, so that clients do
+        // not send their next request into a closing socket.
+        let denial = denial.with("connection", "close");
         ctx.decision = denial.decision;
         let code = denial.kind.status;
         if let Err(write_error) = denial.write(session, &ctx.request_id).await {
@@ -272,30 +294,44 @@ impl Gateway {
 
     /// The pipeline, top to bottom. `Err` is a denial to write.
     async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Denial> {
-        // 1. Normalize the path: what is matched is what is forwarded.
-        let raw_path = session.req_header().uri.path().to_owned();
-        let path = normalize_path(&raw_path)
-            .map_err(|_| {
-                Denial::new(ProblemKind::INVALID_PATH, "The request path is not acceptable.", "invalid_path")
-            })?
-            .into_owned();
-        if path != raw_path {
-            ctx.rewritten_path = Some(path.clone());
+        // 1. Normalize the path: what is matched is what is forwarded. Only
+        // origin-form ("/…") and absolute-form targets have a path at all; an
+        // upstream might read another form ("foo:/admin") as a path we never
+        // checked, so it is refused.
+        let req = session.req_header();
+        let raw = req.raw_path();
+        let form_ok = raw.starts_with(b"/") || raw.starts_with(b"http://") || raw.starts_with(b"https://");
+        let invalid = || {
+            Denial::new(ProblemKind::INVALID_PATH, "The request target is not acceptable.", "invalid_path")
+        };
+        if !form_ok {
+            return Err(invalid());
         }
+        // A lower-case method could slip past `methods: [DELETE]` to a wider
+        // route, then be upper-cased by the upstream.
+        if !req.method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(Denial::new(
+                ProblemKind::MALFORMED_REQUEST,
+                "The method must be upper case.",
+                "bad_method",
+            ));
+        }
+        if req.uri.query().is_some_and(identity::query_overrides_method) {
+            return Err(Denial::new(
+                ProblemKind::MALFORMED_REQUEST,
+                "Method overrides (_method) are not accepted.",
+                "method_override",
+            ));
+        }
+        let path = normalize_path(req.uri.path()).map_err(|_| invalid())?.into_owned();
+        // Always forwarded in origin form built from the checked path.
+        ctx.rewritten_path = Some(path.clone());
 
         // 2. Match the route (default deny).
         let loaded = self.table.load_full();
         let method = session.req_header().method.as_str().to_owned();
-        let (route, owner_value) = match loaded.table.match_request(&method, &path) {
-            RouteMatch::Found { route, params } => {
-                let owner = route
-                    .spec
-                    .owner
-                    .as_deref()
-                    .and_then(|o| params.iter().find(|(k, _)| *k == o))
-                    .map(|(_, v)| v.to_string());
-                (route, owner)
-            }
+        let (route, params) = match loaded.table.match_request(&method, &path) {
+            RouteMatch::Found { route, params } => (route, params),
             RouteMatch::MethodNotAllowed { allow } => {
                 return Err(Denial::new(
                     ProblemKind::METHOD_NOT_ALLOWED,
@@ -324,15 +360,19 @@ impl Gateway {
             return Err(Denial::invalid_token("The access token was revoked.", "revoked"));
         }
 
-        // 6. Authorize: any-of roles, or the owner rule.
-        if route.spec.auth != AuthMode::None
-            && let Some(claims) = &ctx.identity
-        {
-            let by_role =
-                route.spec.roles.is_empty() || route.spec.roles.iter().any(|r| claims.roles.contains(r));
-            let by_owner = owner_value.as_deref().is_some_and(|v| v == claims.sub.to_string());
-            let needs_grant = !route.spec.roles.is_empty() || route.spec.owner.is_some();
-            if needs_grant && !(by_role && !route.spec.roles.is_empty() || by_owner) {
+        // 6. Authorize: any-of roles, or the owner rule (core::routes).
+        let caller = ctx.identity.as_ref().map(|c| (c.sub.to_string(), c.roles.clone()));
+        match route.authorize(caller.as_ref().map(|(s, r)| (s.as_str(), r.as_slice())), &params) {
+            Access::Allowed => {}
+            Access::Unauthenticated => {
+                return Err(Denial::new(
+                    ProblemKind::UNAUTHENTICATED,
+                    "Send an access token as 'Authorization: Bearer <token>'.",
+                    "no_token",
+                )
+                .with("www-authenticate", "Bearer realm=\"bouncer\""));
+            }
+            Access::Forbidden => {
                 return Err(Denial::new(
                     ProblemKind::FORBIDDEN,
                     "Your roles do not allow this request.",

@@ -51,16 +51,24 @@ impl Pool {
         self.targets.is_empty()
     }
 
-    /// The next healthy target, round robin.
-    pub fn pick(&self, now_ms: u64) -> Option<SocketAddr> {
+    /// The next healthy target not in `tried`, round robin; failing that,
+    /// any untried one, then the one whose ejection ends first.
+    pub fn pick(&self, now_ms: u64, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let n = self.targets.len();
         for _ in 0..n {
             let t = &self.targets[self.next.fetch_add(1, Ordering::Relaxed) % n];
-            if t.ejected_until_ms.load(Ordering::Relaxed) <= now_ms {
+            if t.ejected_until_ms.load(Ordering::Relaxed) <= now_ms && !tried.contains(&t.addr) {
                 return Some(t.addr);
             }
         }
-        self.targets.iter().min_by_key(|t| t.ejected_until_ms.load(Ordering::Relaxed)).map(|t| t.addr)
+        let fallback = |untried_only: bool| {
+            self.targets
+                .iter()
+                .filter(|t| !untried_only || !tried.contains(&t.addr))
+                .min_by_key(|t| t.ejected_until_ms.load(Ordering::Relaxed))
+                .map(|t| t.addr)
+        };
+        fallback(true).or_else(|| fallback(false))
     }
 
     /// Records a failed connection to `addr`.
@@ -96,7 +104,7 @@ mod tests {
     #[test]
     fn round_robin_over_healthy_targets() {
         let p = pool();
-        let picks: Vec<u16> = (0..6).map(|_| p.pick(0).unwrap().port()).collect();
+        let picks: Vec<u16> = (0..6).map(|_| p.pick(0, &[]).unwrap().port()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
     }
 
@@ -109,11 +117,20 @@ mod tests {
         p.succeeded(bad);
         p.failed(bad, 0);
         p.failed(bad, 0);
-        assert!((0..6).any(|_| p.pick(0) == Some(bad)), "a success in between resets the count");
+        assert!((0..6).any(|_| p.pick(0, &[]) == Some(bad)), "a success in between resets the count");
         p.failed(bad, 0);
-        assert!((0..6).all(|_| p.pick(1) != Some(bad)), "three in a row eject");
+        assert!((0..6).all(|_| p.pick(1, &[]) != Some(bad)), "three in a row eject");
         let later = EJECT_FOR.as_millis() as u64 + 1;
-        assert!((0..6).any(|_| p.pick(later) == Some(bad)), "tried again after the ejection");
+        assert!((0..6).any(|_| p.pick(later, &[]) == Some(bad)), "tried again after the ejection");
+    }
+
+    #[test]
+    fn a_retry_never_returns_to_a_tried_target() {
+        let p = pool();
+        let first = p.pick(0, &[]).unwrap();
+        for _ in 0..6 {
+            assert_ne!(p.pick(0, &[first]).unwrap(), first);
+        }
     }
 
     #[test]
@@ -124,6 +141,6 @@ mod tests {
                 p.failed(format!("127.0.0.1:{port}").parse().unwrap(), i as u64);
             }
         }
-        assert_eq!(p.pick(5).unwrap().port(), 1, "the earliest to recover");
+        assert_eq!(p.pick(5, &[]).unwrap().port(), 1, "the earliest to recover");
     }
 }

@@ -33,6 +33,7 @@ routes:
   - { name: orders-admin, path: /api/orders/**, methods: [POST, DELETE], upstream: app, roles: [admin] }
   - { name: profile, path: "/api/users/{id}/**", upstream: app, roles: [admin], owner: id }
   - { name: catalogue, path: /api/catalogue/**, upstream: app, auth: optional }
+  - { name: reports, path: /api/reports/**, upstream: app, auth: optional, roles: [admin] }
   - { name: public, path: /public/**, upstream: app, auth: none }
   - { name: broken, path: /broken/**, upstream: dead, auth: none }
   - { name: mixed, path: /mixed/**, upstream: mixed, auth: none }
@@ -156,10 +157,15 @@ impl Stack {
 /// Sends `GET path` byte for byte (an HTTP client library would normalize
 /// the path itself) and returns the status and the body.
 async fn raw_get(base: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    raw_request(base, "GET", path, headers).await
+}
+
+/// Sends `METHOD target` byte for byte.
+async fn raw_request(base: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -269,6 +275,35 @@ async fn owner_rule_optional_auth_and_upstream_failures() {
     let known = expect_json(s.get("/api/catalogue/1", Some(&token)).await, 200).await;
     assert_eq!(known["headers"]["x-user-id"], json!(id));
     expect_problem(s.get("/api/catalogue/1", Some("not-a-token")).await, 401, "invalid-token").await;
+
+    // Optional authentication never skips a role check.
+    expect_problem(s.get("/api/reports/1", None).await, 401, "unauthenticated").await;
+    expect_problem(s.get("/api/reports/1", Some(&token)).await, 403, "forbidden").await;
+
+    // Request forms an upstream could read differently than the gateway did.
+    for (method, target, status) in [
+        ("GET", "foo:/api/users/x", 400),
+        ("GET", "x/../public/x", 400),
+        ("delete", "/public/x", 400),
+        ("POST", "/public/x?_method=DELETE", 400),
+        ("POST", "/public/x?%5Fmethod=DELETE", 400),
+    ] {
+        let (got, body) = raw_request(&s.base, method, target, &[("Content-Length", "0")]).await;
+        assert_eq!(got, status, "{method} {target}: {body}");
+    }
+    let bearer = format!("Bearer {token}");
+    let (status, seen) = raw_request(
+        &s.base,
+        "GET",
+        "/api/catalogue/1",
+        &[("Authorization", &bearer), ("X-HTTP-Method", "DELETE"), ("X-Method-Override", "DELETE")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        seen["headers"].get("x-http-method").is_none() && seen["headers"].get("x-method-override").is_none(),
+        "{seen}"
+    );
 
     expect_problem(s.get("/broken/x", None).await, 502, "bad-gateway").await;
     // A dead target next to a live one: connect failures retry on the other
