@@ -25,6 +25,8 @@ pub struct Jwks {
     url: String,
     http: reqwest::Client,
     keys: ArcSwap<Option<HashMap<String, DecodingKey>>>,
+    /// Bumped on every stored key set; verified-token cache entries carry it.
+    generation: std::sync::atomic::AtomicU64,
     /// When a refresh was last forced; the lock also coalesces callers.
     forced: tokio::sync::Mutex<Option<Instant>>,
     /// One fetch at a time: a slow periodic fetch begun before a rotation
@@ -39,9 +41,15 @@ impl Jwks {
             url: url.to_owned(),
             http,
             keys: ArcSwap::from_pointee(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
             forced: tokio::sync::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Changes whenever a key set is stored.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The loaded keys, or `None` when none were ever loaded.
@@ -74,6 +82,7 @@ impl Jwks {
         }
         let n = keys.len();
         self.keys.store(Arc::new(Some(keys)));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(n)
     }
 

@@ -15,6 +15,7 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod revocations;
+pub mod token_cache;
 pub mod upstream;
 
 use std::{path::Path, sync::Arc};
@@ -49,6 +50,7 @@ pub fn build(config: &GatewayConfig) -> Result<Gateway, String> {
         revocations: Arc::new(RevocationSet::default()),
         expectations: Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() },
         trusted_proxies: config.trusted_proxies.clone(),
+        verified: token_cache::VerifiedTokens::default(),
         metrics: Arc::new(metrics::GatewayMetrics::new(Arc::new(reload::ReloadStats::default()))),
     })
 }

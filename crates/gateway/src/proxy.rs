@@ -93,6 +93,7 @@ pub struct Gateway {
     pub expectations: Expectations,
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Arc<crate::metrics::GatewayMetrics>,
+    pub verified: crate::token_cache::VerifiedTokens,
 }
 
 /// Per-request state carried between phases.
@@ -108,7 +109,7 @@ pub struct RequestCtx {
     pool: Option<Arc<Pool>>,
     /// Targets already tried for this request (a retry goes elsewhere).
     tried: Vec<SocketAddr>,
-    identity: Option<AccessClaims>,
+    identity: Option<Arc<AccessClaims>>,
     client_ip: Option<IpAddr>,
     decision: &'static str,
 }
@@ -399,7 +400,7 @@ impl Gateway {
         &self,
         req: &RequestHeader,
         required: bool,
-    ) -> Result<Option<AccessClaims>, Denial> {
+    ) -> Result<Option<Arc<AccessClaims>>, Denial> {
         let mut headers = req.headers.get_all(http::header::AUTHORIZATION).iter();
         let header = headers.next();
         let query_token =
@@ -464,21 +465,30 @@ impl Gateway {
     }
 
     /// `Err(None)`: no keys were ever loaded (503). `Err(Some(_))`: refused.
-    async fn verify(&self, token: &str) -> Result<AccessClaims, Option<TokenError>> {
+    async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, Option<TokenError>> {
         let now = OffsetDateTime::now_utc();
+        let generation = self.jwks.generation();
+        if let Some(claims) = self.verified.get(token, generation) {
+            // Signature known good under these keys; times still move.
+            claims.validate(&self.expectations, now).map_err(|e| Some(TokenError::Claims(e)))?;
+            return Ok(claims);
+        }
         let attempt = |keys: &Option<std::collections::HashMap<String, jsonwebtoken::DecodingKey>>| {
             keys.as_ref().map(|keys| jwt::verify(token, |kid| keys.get(kid), &self.expectations, now))
         };
         let keys = self.jwks.current();
-        match attempt(&keys) {
-            None => Err(None),
+        let verified = match attempt(&keys) {
+            None => return Err(None),
             Some(Err(TokenError::UnknownKid)) if jwt::kid_of(token).is_some() => {
                 // A key rotated in since the last fetch: refresh (rate limited) and retry once.
                 self.jwks.refresh_for_unknown_kid().await;
-                attempt(&self.jwks.current()).unwrap_or(Err(TokenError::UnknownKid)).map_err(Some)
+                attempt(&self.jwks.current()).unwrap_or(Err(TokenError::UnknownKid))
             }
-            Some(result) => result.map_err(Some),
-        }
+            Some(result) => result,
+        };
+        let claims = Arc::new(verified.map_err(Some)?);
+        self.verified.insert(token, claims.clone(), self.jwks.generation());
+        Ok(claims)
     }
 }
 

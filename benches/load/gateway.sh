@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Gateway load benchmark: `bouncer echo` directly, the gateway on an
+# `auth: none` route, and the gateway on an authenticated, role-checked
+# route — interleaved rounds, one load generator (wrk) at fixed concurrency,
+# servers pinned to core 0 and wrk to core 1. Prints requests/s, p50/p99 and
+# ratios to the direct run. Installs nothing: it names what is missing.
+#
+# Usage: benches/load/gateway.sh [SECONDS_PER_RUN] [ROUNDS] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-10}
+rounds=${2:-3}
+conns=${3:-64}
+
+missing=()
+for tool in wrk taskset curl python3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+    echo "missing: ${missing[*]} (Debian: apt-get install wrk util-linux curl python3)" >&2
+    exit 1
+fi
+cargo build --release -q -p bouncer
+bin=target/release/bouncer
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port)
+cat > "$work/routes.yaml" <<YAML
+upstreams:
+  admin: { targets: [127.0.0.1:$admin] }
+  echo:  { targets: [127.0.0.1:$echo_port] }
+routes:
+  - { name: auth, path: /auth/**, upstream: admin, auth: none }
+  - { name: open, path: /open/**, upstream: echo, auth: none }
+  - { name: api,  path: /api/**,  upstream: echo, roles: [user, admin] }
+YAML
+cat > "$work/bouncer.yaml" <<YAML
+admin:
+  listen: 127.0.0.1:$admin
+  database: sqlite://$work/b.db
+  keys_dir: $work/keys
+  issuer: http://127.0.0.1:$admin
+gateway:
+  listen: 127.0.0.1:$gw
+  metrics_listen: 127.0.0.1:$metrics
+  routes: $work/routes.yaml
+  jwks_url: http://127.0.0.1:$admin/.well-known/jwks.json
+  issuer: http://127.0.0.1:$admin
+YAML
+
+export RUST_LOG=warn
+taskset -c 0 "$bin" admin --config "$work/bouncer.yaml" 2>"$work/admin.log" & pids+=($!)
+taskset -c 0 "$bin" echo --listen "127.0.0.1:$echo_port" 2>"$work/echo.log" & pids+=($!)
+taskset -c 0 "$bin" gateway --config "$work/bouncer.yaml" 2>"$work/gateway.log" & pids+=($!)
+for _ in $(seq 1 100); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'authorization: Bearer x' "http://127.0.0.1:$gw/api/x" || true)
+    [[ $code == 401 ]] && break
+    sleep 0.1
+done
+[[ ${code:-} == 401 ]] || { echo "gateway did not become ready; see $work/*.log" >&2; exit 1; }
+
+body='{"email":"load@example.com","password":"load test passphrase"}'
+curl -sf "http://127.0.0.1:$gw/auth/signup" -H 'content-type: application/json' -d "$body" >/dev/null
+token=$(curl -sf "http://127.0.0.1:$gw/auth/login" -H 'content-type: application/json' -d "$body" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+
+# One wrk run: prints "rps p50_ms p99_ms".
+run() {
+    local url=$1; shift
+    taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" --latency "$@" "$url" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+def ms(label):
+    m = re.search(r"^\s+" + str(label) + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    v, u = float(m.group(1)), m.group(2)
+    return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if non2xx:
+    sys.exit("non-2xx responses: " + non2xx.group(1))
+print(f"{rps:.0f} {ms(50):.3f} {ms(99):.3f}")
+'
+}
+
+declare -A results
+for r in $(seq 1 "$rounds"); do
+    results[direct]+="$(run "http://127.0.0.1:$echo_port/open/x")"$'\n'
+    results[none]+="$(run "http://127.0.0.1:$gw/open/x")"$'\n'
+    results[auth]+="$(run "http://127.0.0.1:$gw/api/x" -H "Authorization: Bearer $token")"$'\n'
+done
+
+python3 - "$secs" "$rounds" "$conns" <<PY
+import statistics, sys
+secs, rounds, conns = sys.argv[1:]
+rows = {
+    "direct": """${results[direct]}""",
+    "none": """${results[none]}""",
+    "auth": """${results[auth]}""",
+}
+med = {}
+for k, text in rows.items():
+    runs = [list(map(float, line.split())) for line in text.strip().splitlines()]
+    med[k] = [statistics.median(col) for col in zip(*runs)]
+names = {"direct": "bouncer echo, direct", "none": "gateway, auth: none", "auth": "gateway, EdDSA + role check"}
+print(f"# gateway load: wrk -t1 -c{conns}, {secs}s x {rounds} interleaved rounds (medians); servers on core 0, wrk on core 1")
+print()
+print("| scenario | req/s | p50 ms | p99 ms | vs direct |")
+print("|---|---:|---:|---:|---:|")
+for k in ("direct", "none", "auth"):
+    rps, p50, p99 = med[k]
+    print(f"| {names[k]} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {rps / med['direct'][0]:.2f} |")
+print()
+print(f"authenticated / auth: none throughput: {med['auth'][0] / med['none'][0]:.2f} (target >= 0.85)")
+PY
