@@ -102,6 +102,74 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub on_store_error: OnStoreError,
     pub shutdown_grace: ConfigDuration,
+    /// Names of the headers the gateway injects (and always strips).
+    pub identity_headers: IdentityHeaders,
+}
+
+/// `gateway.identity_headers`: what upstreams read the identity from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeaders {
+    pub user_id: String,
+    pub email: String,
+    pub roles: String,
+    pub request_id: String,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            user_id: "X-User-Id".into(),
+            email: "X-User-Email".into(),
+            roles: "X-User-Roles".into(),
+            request_id: "X-Request-Id".into(),
+        }
+    }
+}
+
+impl IdentityHeaders {
+    /// Header names an operator may not take over: HTTP framing, routing and
+    /// the credentials themselves.
+    const RESERVED: [&'static str; 9] = [
+        "authorization",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "x-forwarded-for",
+        "cookie",
+    ];
+
+    fn validate(&self) -> Result<(), String> {
+        let names = [
+            ("user_id", &self.user_id),
+            ("email", &self.email),
+            ("roles", &self.roles),
+            ("request_id", &self.request_id),
+        ];
+        let mut seen: Vec<String> = Vec::new();
+        for (field, name) in names {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                return Err(format!(
+                    "gateway.identity_headers.{field}: {name:?} is not a header name (letters, digits, '-')"
+                ));
+            }
+            let lower = name.to_ascii_lowercase();
+            if Self::RESERVED.contains(&lower.as_str()) {
+                return Err(format!("gateway.identity_headers.{field}: {name:?} is reserved"));
+            }
+            if seen.contains(&lower) {
+                return Err(format!("gateway.identity_headers.{field}: {name:?} is used twice"));
+            }
+            seen.push(lower);
+        }
+        Ok(())
+    }
 }
 
 const DEFAULT_ISSUER: &str = "http://127.0.0.1:8081";
@@ -145,6 +213,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             on_store_error: OnStoreError::Local,
             shutdown_grace: ConfigDuration::from_secs(10),
+            identity_headers: IdentityHeaders::default(),
         }
     }
 }
@@ -279,6 +348,7 @@ impl Config {
         if a.max_db_connections < 1 {
             return Err("admin.max_db_connections: must be at least 1".into());
         }
+        self.gateway.identity_headers.validate()?;
         if self.gateway.listen == self.gateway.metrics_listen {
             return Err("gateway.metrics_listen: must differ from gateway.listen".into());
         }
@@ -341,6 +411,9 @@ redis: redis://127.0.0.1:6379
             ("admin: { login_throttle: { max_failures: 0 } }", "admin.login_throttle"),
             ("gateway: { on_store_error: maybe }", "unknown variant"),
             ("admin: { trusted_proxies: [not-a-cidr] }", "trusted_proxies"),
+            ("gateway: { identity_headers: { user_id: \"X User\" } }", "identity_headers.user_id"),
+            ("gateway: { identity_headers: { roles: Authorization } }", "reserved"),
+            ("gateway: { identity_headers: { email: X-User-Id } }", "used twice"),
             ("admin: { refresh_token_ttl: 99999999d }", "at most 3650d"),
             ("admin: { login_throttle: { window: 365d } }", "admin.login_throttle.window"),
         ] {

@@ -11,11 +11,13 @@
 
 use http::HeaderName;
 
-/// Headers the gateway injects; a client may never supply them.
+use bouncer_core::config::IdentityHeaders;
+
+/// Default names of the headers the gateway injects; a client may never
+/// supply them, whatever names are configured.
 pub const X_USER_ID: &str = "x-user-id";
 pub const X_USER_EMAIL: &str = "x-user-email";
 pub const X_USER_ROLES: &str = "x-user-roles";
-pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Stripped from every request on every route, in canonical (`-`, lower
@@ -34,32 +36,69 @@ const STRIPPED: [&str; 11] = [
     "x-original-method",
 ];
 
-/// Whether a header name is an identity or re-routing header in any spelling.
-pub fn is_stripped(name: &str) -> bool {
-    let canonical = canonical(name);
-    STRIPPED.contains(&canonical.as_str())
+/// The configured identity header names, ready for the per-request path.
+#[derive(Debug, Clone)]
+pub struct IdentityNames {
+    pub user_id: HeaderName,
+    pub email: HeaderName,
+    pub roles: HeaderName,
+    pub request_id: HeaderName,
+    /// Canonical forms of the configured user headers, stripped besides the defaults.
+    extra_stripped: Vec<String>,
+}
+
+impl IdentityNames {
+    /// From validated configuration (names were checked to be header tokens).
+    pub fn new(config: &IdentityHeaders) -> Result<Self, String> {
+        let name = |n: &str| {
+            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|e| format!("{n:?}: {e}"))
+        };
+        Ok(Self {
+            user_id: name(&config.user_id)?,
+            email: name(&config.email)?,
+            roles: name(&config.roles)?,
+            request_id: name(&config.request_id)?,
+            extra_stripped: [&config.user_id, &config.email, &config.roles]
+                .iter()
+                .map(|n| canonical(n))
+                .collect(),
+        })
+    }
+
+    /// Whether a header name is an identity or re-routing header in any spelling.
+    pub fn is_stripped(&self, name: &str) -> bool {
+        let canonical = canonical(name);
+        STRIPPED.contains(&canonical.as_str()) || self.extra_stripped.contains(&canonical)
+    }
+
+    /// The names to remove from a request's headers: every stripped spelling
+    /// present, plus what `Connection` names when that is one of them.
+    pub fn names_to_strip<'a>(
+        &self,
+        names: impl Iterator<Item = &'a HeaderName>,
+        connection: &[&str],
+    ) -> Vec<HeaderName> {
+        let mut out: Vec<HeaderName> = names.filter(|n| self.is_stripped(n.as_str())).cloned().collect();
+        for token in connection {
+            if self.is_stripped(token.trim())
+                && let Ok(name) = HeaderName::from_bytes(token.trim().to_ascii_lowercase().as_bytes())
+                && !out.contains(&name)
+            {
+                out.push(name);
+            }
+        }
+        out
+    }
+}
+
+impl Default for IdentityNames {
+    fn default() -> Self {
+        Self::new(&IdentityHeaders::default()).expect("the default names are valid")
+    }
 }
 
 fn canonical(name: &str) -> String {
     name.chars().map(|c| if c == '_' || c == '.' { '-' } else { c.to_ascii_lowercase() }).collect()
-}
-
-/// The names to remove from a request's headers: every stripped spelling
-/// present, plus what `Connection` names when that is one of them.
-pub fn names_to_strip<'a>(
-    names: impl Iterator<Item = &'a HeaderName>,
-    connection: &[&str],
-) -> Vec<HeaderName> {
-    let mut out: Vec<HeaderName> = names.filter(|n| is_stripped(n.as_str())).cloned().collect();
-    for token in connection {
-        if is_stripped(token.trim())
-            && let Ok(name) = HeaderName::from_bytes(token.trim().to_ascii_lowercase().as_bytes())
-            && !out.contains(&name)
-        {
-            out.push(name);
-        }
-    }
-    out
 }
 
 /// Whether a claim can travel as a header value: visible ASCII or spaces,
@@ -116,17 +155,17 @@ mod tests {
             "x-original-url",
             "X-Forwarded-Prefix",
         ] {
-            assert!(is_stripped(name), "{name}");
+            assert!(IdentityNames::default().is_stripped(name), "{name}");
         }
         for name in ["x-user", "authorization", "x-request-id", "x-forwarded-for", "x-user-idx"] {
-            assert!(!is_stripped(name), "{name}");
+            assert!(!IdentityNames::default().is_stripped(name), "{name}");
         }
     }
 
     #[test]
     fn connection_named_identity_headers_are_stripped_too() {
         let present = [HeaderName::from_static("x_user_id"), HeaderName::from_static("accept")];
-        let names = names_to_strip(present.iter(), &["keep-alive", " X-User-Roles"]);
+        let names = IdentityNames::default().names_to_strip(present.iter(), &["keep-alive", " X-User-Roles"]);
         assert_eq!(names, [HeaderName::from_static("x_user_id"), HeaderName::from_static("x-user-roles")]);
     }
 
@@ -138,6 +177,14 @@ mod tests {
         for q in ["method=DELETE", "a=_method", "x_method=1", ""] {
             assert!(!query_overrides_method(q), "{q}");
         }
+    }
+
+    #[test]
+    fn configured_names_are_stripped_too_and_defaults_stay_stripped() {
+        let custom = IdentityHeaders { user_id: "X-Auth-Sub".into(), ..IdentityHeaders::default() };
+        let names = IdentityNames::new(&custom).unwrap();
+        assert_eq!(names.user_id.as_str(), "x-auth-sub");
+        assert!(names.is_stripped("x_auth_sub") && names.is_stripped("X-User-Id"));
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub fn build(config: &GatewayConfig) -> Result<Gateway, String> {
         expectations: Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() },
         trusted_proxies: config.trusted_proxies.clone(),
         verified: token_cache::VerifiedTokens::default(),
+        identity_names: identity::IdentityNames::new(&config.identity_headers)?,
         metrics: Arc::new(metrics::GatewayMetrics::new(Arc::new(reload::ReloadStats::default()))),
     })
 }

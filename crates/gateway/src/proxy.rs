@@ -39,7 +39,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    identity::{self, X_FORWARDED_FOR, X_REQUEST_ID, X_USER_EMAIL, X_USER_ID, X_USER_ROLES},
+    identity::{self, IdentityNames, X_FORWARDED_FOR},
     jwks::Jwks,
     problem::Denial,
     revocations::RevocationSet,
@@ -94,6 +94,7 @@ pub struct Gateway {
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Arc<crate::metrics::GatewayMetrics>,
     pub verified: crate::token_cache::VerifiedTokens,
+    pub identity_names: IdentityNames,
 }
 
 /// Per-request state carried between phases.
@@ -123,7 +124,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
-        ctx.request_id = request_id(session.req_header());
+        ctx.request_id = request_id(session.req_header(), &self.identity_names.request_id);
         ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         match self.decide(session, ctx).await {
             Ok(()) => Ok(false),
@@ -200,11 +201,12 @@ impl ProxyHttp for Gateway {
             upstream.set_uri(uri);
         }
         if let Some(claims) = &ctx.identity {
-            upstream.insert_header(X_USER_ID, claims.sub.to_string())?;
-            upstream.insert_header(X_USER_EMAIL, claims.email.as_str())?;
-            upstream.insert_header(X_USER_ROLES, claims.roles.join(","))?;
+            let names = &self.identity_names;
+            upstream.insert_header(names.user_id.clone(), claims.sub.to_string())?;
+            upstream.insert_header(names.email.clone(), claims.email.as_str())?;
+            upstream.insert_header(names.roles.clone(), claims.roles.join(","))?;
         }
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream.insert_header(self.identity_names.request_id.clone(), ctx.request_id.as_str())?;
         let forwarded = forwarded_for(session.req_header(), ctx.client_ip, &self.trusted_proxies);
         upstream.remove_header(X_FORWARDED_FOR);
         if let Some(value) = forwarded {
@@ -219,7 +221,7 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        response.insert_header(self.identity_names.request_id.clone(), ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -348,7 +350,7 @@ impl Gateway {
         ctx.route = Some(route.name().to_owned());
 
         // 3. Strip every client-sent identity header, on every route.
-        strip_identity_headers(session.req_header_mut());
+        strip_identity_headers(session.req_header_mut(), &self.identity_names);
 
         // 4. Authenticate, then 5. check revocations.
         ctx.identity = match route.spec.auth {
@@ -493,9 +495,9 @@ impl Gateway {
 }
 
 /// The client's request id when sane, otherwise a new one.
-fn request_id(req: &RequestHeader) -> String {
+fn request_id(req: &RequestHeader, name: &http::HeaderName) -> String {
     req.headers
-        .get(X_REQUEST_ID)
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty()
@@ -506,7 +508,7 @@ fn request_id(req: &RequestHeader) -> String {
         .unwrap_or_else(|| Uuid::new_v4().to_string())
 }
 
-fn strip_identity_headers(req: &mut RequestHeader) {
+fn strip_identity_headers(req: &mut RequestHeader, names: &IdentityNames) {
     let connection: Vec<String> = req
         .headers
         .get_all(http::header::CONNECTION)
@@ -516,7 +518,7 @@ fn strip_identity_headers(req: &mut RequestHeader) {
         .map(|t| t.trim().to_owned())
         .collect();
     let tokens: Vec<&str> = connection.iter().map(String::as_str).collect();
-    for name in identity::names_to_strip(req.headers.keys(), &tokens) {
+    for name in names.names_to_strip(req.headers.keys(), &tokens) {
         req.remove_header(&name);
     }
 }

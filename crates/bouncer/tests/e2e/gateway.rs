@@ -52,6 +52,11 @@ async fn wait_for_port(port: u16) {
 
 impl Stack {
     async fn start() -> Self {
+        Self::start_with("").await
+    }
+
+    /// Starts with extra lines appended to the `gateway:` section.
+    async fn start_with(extra_gateway_yaml: &str) -> Self {
         let admin = Admin::start(Backend::Sqlite).await;
         let (echo_port, gateway_port, metrics_port, dead_port) =
             (free_port(), free_port(), free_port(), free_port());
@@ -82,7 +87,7 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "gateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {}\n  jwks_url: {}/.well-known/jwks.json\n  issuer: http://bouncer.test\n  audience: bouncer-test\n  shutdown_grace: 2s\n",
+                "gateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {}\n  jwks_url: {}/.well-known/jwks.json\n  issuer: http://bouncer.test\n  audience: bouncer-test\n  shutdown_grace: 2s\n{extra_gateway_yaml}",
                 routes_path.display(),
                 admin.base
             ),
@@ -446,4 +451,32 @@ async fn routes_reload_on_change_and_on_sighup_and_a_bad_file_changes_nothing() 
     }
     assert!(removed, "SIGHUP (or the change) reloads the table");
     expect_json(s.get("/public/x", None).await, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_header_names_are_configurable() {
+    let s = Stack::start_with(
+        "  identity_headers: { user_id: X-Auth-Subject, email: X-Auth-Email, roles: X-Auth-Roles, request_id: X-Trace-Id }\n",
+    )
+    .await;
+    let (id, token) = s.user("names@example.com").await;
+    let bearer = format!("Bearer {token}");
+    let (status, seen) = raw_get(
+        &s.base,
+        "/api/orders/1",
+        &[
+            ("Authorization", &bearer),
+            ("X-Auth-Subject", "spoofed"),
+            ("X-User-Id", "spoofed"),
+            ("X-Trace-Id", "t-1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{seen}");
+    let h = &seen["headers"];
+    assert_eq!(h["x-auth-subject"], json!(id));
+    assert_eq!(h["x-auth-email"], "names@example.com");
+    assert_eq!(h["x-auth-roles"], "user");
+    assert_eq!(h["x-trace-id"], "t-1");
+    assert!(h.get("x-user-id").is_none(), "the default names stay stripped: {h}");
 }
