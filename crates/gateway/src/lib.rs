@@ -84,7 +84,7 @@ pub fn server(config: &GatewayConfig, gateway: Gateway) -> Server {
     let reloader = reload::RouteReloader {
         path: config.routes.clone(),
         table: gateway.table.clone(),
-        stats: gateway.metrics_reload_stats(),
+        stats: gateway.metrics.reload_stats(),
     };
     server.add_service(background_service("routes", reloader));
     let metrics = metrics::MetricsService { listen: config.metrics_listen, metrics: gateway.metrics.clone() };

@@ -103,8 +103,8 @@ pub struct RequestCtx {
     request_id: String,
     started: Option<Instant>,
     route: Option<String>,
-    /// The normalized path, when it differs from what the client sent.
-    rewritten_path: Option<String>,
+    /// The normalized path: what was matched, and what is forwarded.
+    forward_path: String,
     target: Option<SocketAddr>,
     /// The route's upstream pool, kept for retries against other targets.
     pool: Option<Arc<Pool>>,
@@ -193,7 +193,8 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if let Some(path) = &ctx.rewritten_path {
+        {
+            let path = &ctx.forward_path;
             let query = upstream.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             let uri = format!("{path}{query}")
                 .parse()
@@ -290,11 +291,6 @@ impl ProxyHttp for Gateway {
 }
 
 impl Gateway {
-    /// The reload counters the metrics report.
-    pub fn metrics_reload_stats(&self) -> Arc<crate::reload::ReloadStats> {
-        self.metrics.reload_stats()
-    }
-
     /// The pipeline, top to bottom. `Err` is a denial to write.
     async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Denial> {
         // 1. Normalize the path: what is matched is what is forwarded. Only
@@ -327,13 +323,10 @@ impl Gateway {
             ));
         }
         let path = normalize_path(req.uri.path()).map_err(|_| invalid())?.into_owned();
-        // Always forwarded in origin form built from the checked path.
-        ctx.rewritten_path = Some(path.clone());
 
         // 2. Match the route (default deny).
         let loaded = self.table.load_full();
-        let method = session.req_header().method.as_str().to_owned();
-        let (route, params) = match loaded.table.match_request(&method, &path) {
+        let (route, params) = match loaded.table.match_request(session.req_header().method.as_str(), &path) {
             RouteMatch::Found { route, params } => (route, params),
             RouteMatch::MethodNotAllowed { allow } => {
                 return Err(Denial::new(
@@ -364,8 +357,9 @@ impl Gateway {
         }
 
         // 6. Authorize: any-of roles, or the owner rule (core::routes).
-        let caller = ctx.identity.as_ref().map(|c| (c.sub.to_string(), c.roles.clone()));
-        match route.authorize(caller.as_ref().map(|(s, r)| (s.as_str(), r.as_slice())), &params) {
+        let subject = ctx.identity.as_ref().map(|c| c.sub.to_string());
+        let caller = subject.as_deref().zip(ctx.identity.as_ref().map(|c| c.roles.as_slice()));
+        match route.authorize(caller, &params) {
             Access::Allowed => {}
             Access::Unauthenticated => {
                 return Err(Denial::new(
@@ -394,6 +388,8 @@ impl Gateway {
                 "no_target",
             ));
         }
+        // Always forwarded in origin form built from the checked path.
+        ctx.forward_path = path;
         Ok(())
     }
 
@@ -509,16 +505,19 @@ fn request_id(req: &RequestHeader, name: &http::HeaderName) -> String {
 }
 
 fn strip_identity_headers(req: &mut RequestHeader, names: &IdentityNames) {
-    let connection: Vec<String> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_owned())
-        .collect();
-    let tokens: Vec<&str> = connection.iter().map(String::as_str).collect();
-    for name in names.names_to_strip(req.headers.keys(), &tokens) {
+    // Decided while borrowing the headers, removed afterwards; both vectors
+    // stay empty (no allocation) for the usual request with nothing to strip.
+    let to_strip = {
+        let connection: Vec<&str> = req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        names.names_to_strip(req.headers.keys(), &connection)
+    };
+    for name in to_strip {
         req.remove_header(&name);
     }
 }

@@ -254,6 +254,20 @@ pub async fn verify_audit_chain(store: &dyn Store) -> Result<Result<(i64, [u8; 3
     }
 }
 
+/// `LIKE` pattern matching values that start with `prefix` literally, with
+/// backslash escapes (PostgreSQL's default; the SQLite query says `ESCAPE`).
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
 /// Opens the store a database URL names. Does not migrate.
 pub async fn open(url: &str, max_connections: usize) -> Result<Arc<dyn Store>> {
     match DatabaseUrl::parse(url).map_err(StoreError::Database)? {

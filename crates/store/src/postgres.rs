@@ -325,21 +325,6 @@ async fn reload_user<C: GenericClient>(tx: &C, user_id: Uuid) -> Result<User> {
     Ok(user_from(&row))
 }
 
-/// `LIKE` pattern matching values that start with `prefix` literally
-/// (backslash is the default escape character in both databases' LIKE...
-/// except SQLite, whose queries say `ESCAPE '\'`).
-pub(crate) fn like_prefix(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 fn credential_from(row: &Row) -> Credential {
     Credential { user: user_from(row), password_hash: row.get("password_hash") }
 }
@@ -783,7 +768,7 @@ impl Store for PgStore {
 
     async fn list_users(&self, filter: &UserFilter) -> Result<Vec<User>> {
         let client = self.client().await?;
-        let pattern = filter.email_prefix.as_deref().map(like_prefix);
+        let pattern = filter.email_prefix.as_deref().map(crate::like_prefix);
         let rows = client
             .query(
                 &format!(

@@ -763,7 +763,7 @@ impl Store for SqliteStore {
     async fn list_users(&self, filter: &UserFilter) -> Result<Vec<User>> {
         let filter = filter.clone();
         self.with_conn(move |conn| {
-            let pattern = filter.email_prefix.as_deref().map(crate::postgres::like_prefix);
+            let pattern = filter.email_prefix.as_deref().map(crate::like_prefix);
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {USER_COLUMNS} FROM users u
