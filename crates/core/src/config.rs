@@ -17,13 +17,27 @@ pub const ENV_DATABASE_URL: &str = "BOUNCER_DATABASE_URL";
 pub const ENV_REDIS_URL: &str = "BOUNCER_REDIS_URL";
 
 /// The whole file. Absent sections take their defaults (the embedded shape).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub admin: AdminConfig,
     pub gateway: GatewayConfig,
     /// Redis URL (single node, Sentinel or Cluster). Absent: in-memory, one instance only.
     pub redis: Option<String>,
+    /// Prefix of every Redis key and channel, so deployments (or test runs)
+    /// can share one Redis. Default `bouncer:`.
+    pub redis_prefix: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            admin: AdminConfig::default(),
+            gateway: GatewayConfig::default(),
+            redis: None,
+            redis_prefix: "bouncer:".into(),
+        }
+    }
 }
 
 /// The `admin:` section.
@@ -312,6 +326,12 @@ impl Config {
         if a.refresh_token_ttl.get().as_secs() > 3650 * 86_400 {
             return Err("admin.refresh_token_ttl: must be at most 3650d".into());
         }
+        if self.redis_prefix.len() > 64
+            || self.redis_prefix.bytes().any(|b| !b.is_ascii_graphic() || b"{}".contains(&b))
+        {
+            // Braces would break the hash tags that keep a bucket on one shard.
+            return Err("redis_prefix: at most 64 printable characters, no spaces or braces".into());
+        }
         if a.key_activation_delay.get().as_secs() > 86_400 {
             return Err("admin.key_activation_delay: must be at most 1d".into());
         }
@@ -410,6 +430,7 @@ redis: redis://127.0.0.1:6379
             ("admin: { password: { min_length: 20, max_length: 10 } }", "admin.password.max_length"),
             ("admin: { login_throttle: { max_failures: 0 } }", "admin.login_throttle"),
             ("gateway: { on_store_error: maybe }", "unknown variant"),
+            ("redis_prefix: \"a{b}\"", "redis_prefix"),
             ("admin: { trusted_proxies: [not-a-cidr] }", "trusted_proxies"),
             ("gateway: { identity_headers: { user_id: \"X User\" } }", "identity_headers.user_id"),
             ("gateway: { identity_headers: { roles: Authorization } }", "reserved"),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod bucket;
 pub mod claims;
 pub mod config;
 pub mod duration;

@@ -170,6 +170,11 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events to the audit chain on their own (no other change).
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
 
+    /// Appends the events whose ids are not in the log yet and returns how
+    /// many that was: for at-least-once deliveries (the gateway's denial
+    /// stream), where a redelivered event must not be written twice.
+    async fn append_audit_once(&self, events: &[AuditEvent]) -> Result<usize>;
+
     /// Up to `limit` chained records with `seq > after`, in order.
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>>;
 

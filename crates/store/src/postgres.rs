@@ -700,6 +700,25 @@ impl Store for PgStore {
         tx.commit().await.map_err(pg_err)
     }
 
+    async fn append_audit_once(&self, events: &[AuditEvent]) -> Result<usize> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        // Under the head lock, so two replicas cannot both decide "new".
+        tx.execute("SELECT 1 FROM audit_head WHERE only_row FOR UPDATE", &[]).await.map_err(pg_err)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        let present: std::collections::HashSet<Uuid> = tx
+            .query("SELECT id FROM audit_events WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let fresh: Vec<AuditEvent> = events.iter().filter(|e| !present.contains(&e.id)).cloned().collect();
+        append(&tx, &fresh).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(fresh.len())
+    }
+
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
         let client = self.client().await?;
         let rows = client

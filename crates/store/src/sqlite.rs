@@ -675,6 +675,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn append_audit_once(&self, events: &[AuditEvent]) -> Result<usize> {
+        let events = events.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let fresh: Vec<AuditEvent> = {
+                let mut exists =
+                    tx.prepare_cached("SELECT 1 FROM audit_events WHERE id = ?1").map_err(sqlite_err)?;
+                let mut fresh = Vec::with_capacity(events.len());
+                for e in events {
+                    if !exists.exists(params![e.id.to_string()]).map_err(sqlite_err)? {
+                        fresh.push(e);
+                    }
+                }
+                fresh
+            };
+            append(&tx, &fresh)?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(fresh.len())
+        })
+        .await
+    }
+
     async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
         self.with_conn(move |conn| {
             let mut stmt = conn

@@ -74,6 +74,7 @@ conformance!(
     a_session_settles_its_login_attempt,
     every_change_is_audited_in_one_intact_chain,
     concurrent_appends_form_one_chain,
+    redelivered_events_are_appended_once,
     ping_answers,
     roles_are_created_sorted_bytewise_and_deleted,
     removing_a_role_revokes_sessions_adding_does_not,
@@ -486,6 +487,20 @@ async fn concurrent_appends_form_one_chain(store: Arc<dyn Store>) {
     }
     let (count, _) = bouncer_store::verify_audit_chain(&*store).await.unwrap().expect("one intact chain");
     assert_eq!(count, 8 * 63);
+}
+
+async fn redelivered_events_are_appended_once(store: Arc<dyn Store>) {
+    let event =
+        |n: u32| ctx().event(T0, Action::GatewayDenied, Some(format!("s{n}")), Outcome::Denied, &json!({}));
+    let first: Vec<_> = (0..3).map(event).collect();
+    assert_eq!(store.append_audit_once(&first).await.unwrap(), 3);
+    // A redelivery overlapping the first batch, from two consumers at once.
+    let mut second = first[1..].to_vec();
+    second.push(event(4));
+    let (a, b) = tokio::join!(store.append_audit_once(&second), store.append_audit_once(&second));
+    assert_eq!(a.unwrap() + b.unwrap(), 1, "only the one new event is written, once");
+    let (count, _) = bouncer_store::verify_audit_chain(&*store).await.unwrap().expect("one intact chain");
+    assert_eq!(count, 4);
 }
 
 fn role(name: &str) -> Role {

@@ -1,0 +1,155 @@
+//! The Redis connection every shared-state backend uses: one fred client per
+//! process (auto-pipelined, so concurrent requests share round trips),
+//! reconnecting forever in the background.
+//!
+//! Commands fail fast while disconnected instead of queueing: every caller
+//! on the request path has a local answer (fallback buckets, last known
+//! revocations) and must not wait for Redis to come back.
+
+use std::{future::Future, sync::OnceLock, time::Duration};
+
+use fred::{
+    clients::{Client, SubscriberClient},
+    interfaces::ClientLike,
+    types::{
+        Builder,
+        config::{Config as FredConfig, ReconnectPolicy},
+    },
+};
+
+/// Why a Redis backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis URL {url:?} is not valid: {reason}")]
+    Url { url: String, reason: String },
+    #[error("redis: {0}")]
+    Command(#[from] fred::error::Error),
+}
+
+/// Where connection tasks run when the caller is not on a runtime (pingora
+/// builds its runtimes only once the server runs, after the gateway is
+/// built): one small runtime for the life of the process.
+fn background() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bouncer-redis")
+            .enable_all()
+            .build()
+            .expect("cannot start the redis runtime")
+    })
+}
+
+/// Spawns on the current runtime, or on the background one outside any.
+pub(crate) fn spawn<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle.spawn(future),
+        Err(_) => background().spawn(future),
+    }
+}
+
+/// Runs `f` inside a runtime context (the current one, or the background).
+fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => f(),
+        Err(_) => {
+            let _guard = background().enter();
+            f()
+        }
+    }
+}
+
+/// Timeout of one command on the request path (bucket checks).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A configured (not necessarily connected) Redis and the key prefix that
+/// keeps this deployment's keys apart from anyone else's on it.
+#[derive(Clone)]
+pub struct Redis {
+    pub(crate) client: Client,
+    config: FredConfig,
+    pub(crate) prefix: String,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("Redis").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+fn builder(config: &FredConfig) -> Builder {
+    let mut builder = Builder::from_config(config.clone());
+    builder
+        .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT * 10)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.max_command_attempts = 1;
+        })
+        // Forever, from 100 ms up to 2 s between attempts.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+    builder
+}
+
+impl Redis {
+    /// Parses `url` (`redis://`, `rediss://`, `redis-cluster://`,
+    /// `redis-sentinel://`, as fred reads them) and starts connecting in the
+    /// background. Must be called on the runtime that will use the client.
+    pub fn connect(url: &str, prefix: &str) -> Result<Self, RedisError> {
+        let config = FredConfig::from_url(url)
+            .map_err(|e| RedisError::Url { url: redact(url), reason: e.details().to_owned() })?;
+        let client = builder(&config).build()?;
+        in_runtime(|| client.connect());
+        Ok(Self { client, config, prefix: prefix.to_owned() })
+    }
+
+    /// Waits up to `within` for the first connection.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        matches!(tokio::time::timeout(within, self.client.wait_for_connect()).await, Ok(Ok(())))
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// A separate connection for SUBSCRIBE (a subscribed connection can run
+    /// nothing else).
+    pub(crate) fn subscriber(&self) -> Result<SubscriberClient, RedisError> {
+        Ok(builder(&self.config).build_subscriber_client()?)
+    }
+
+    pub(crate) fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Closes the connection (tests, shutdown).
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+/// `url` with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn urls_are_redacted_in_errors() {
+        assert_eq!(redact("redis://:hunter2@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        let err = Redis::connect("redis://:secret@x:notaport", "p:").map(|_| ()).unwrap_err().to_string();
+        assert!(!err.contains("secret"), "the password leaked into {err:?}");
+    }
+}

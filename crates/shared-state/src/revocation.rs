@@ -1,0 +1,365 @@
+//! The revocation bus: how the admin service tells every token verifier
+//! what to refuse, the moment the revoking transaction commits.
+//!
+//! Two backends. [`InProcessBus`] when admin and gateway share a process.
+//! [`RedisBus`] across processes: the admin records each revocation in a
+//! sorted set (`{prefix}revocations`, scored by time, pruned and expiring
+//! after the longest token lifetime) and publishes it on a channel of the
+//! same name; each gateway subscribes, then loads the sorted set (the
+//! snapshot) — at start and again after every reconnect, so nothing
+//! published while it was away is missed.
+//!
+//! The store stays the source of truth: the admin re-records its recent
+//! revocations into Redis whenever its own connection comes back or a
+//! publish failed, so a Redis that lost its data (or was down during a ban)
+//! converges again.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bouncer_core::revocation::{Revocation, RevocationKind};
+use fred::{
+    interfaces::{ClientLike, EventInterface, PubsubInterface, SortedSetsInterface},
+    types::scripts::Script,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, broadcast};
+use uuid::Uuid;
+
+use crate::redis::{Redis, RedisError};
+
+/// A boxed future, for the async methods of the object-safe trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Revocations published by admin replicas, delivered to every subscriber.
+///
+/// Delivery is best effort: the store's revocation records are the source of
+/// truth, and a subscriber that lagged or reconnected reloads a snapshot
+/// rather than trusting the stream to be complete.
+pub trait RevocationBus: Send + Sync + 'static {
+    /// Announces revocations that have been committed. Never blocks.
+    fn publish(&self, revocations: &[Revocation]);
+
+    /// Revocations published from now on (and, on a shared bus, every
+    /// snapshot loaded). A receiver that falls more than the channel's
+    /// capacity behind gets `RecvError::Lagged` and should call
+    /// [`Self::resnapshot`].
+    fn subscribe(&self) -> broadcast::Receiver<Revocation>;
+
+    /// Whether subscribers have been sent a complete snapshot at least once.
+    fn is_synced(&self) -> bool {
+        true
+    }
+
+    /// Asks for the current set to be sent to subscribers again.
+    fn resnapshot(&self) {}
+
+    /// Resolves when the shared record may have missed revocations (first
+    /// start, a reconnect, a failed publish): the admin then [`Self::record`]s
+    /// the store's recent ones again. In-process: never.
+    fn resync_wanted(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
+
+    /// Writes revocations to the shared record without announcing them.
+    fn record<'a>(&'a self, _revocations: &'a [Revocation]) -> BoxFuture<'a, Result<(), RedisError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// The in-process bus: one process, any number of subscribers.
+#[derive(Debug)]
+pub struct InProcessBus {
+    sender: broadcast::Sender<Revocation>,
+}
+
+/// Messages buffered per subscriber before it lags.
+pub const CAPACITY: usize = 4096;
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self { sender: broadcast::channel(CAPACITY).0 }
+    }
+}
+
+impl RevocationBus for InProcessBus {
+    fn publish(&self, revocations: &[Revocation]) {
+        for revocation in revocations {
+            // No subscriber yet is fine: the records are in the store.
+            let _ = self.sender.send(revocation.clone());
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+        self.sender.subscribe()
+    }
+}
+
+/// Adds revocations to the sorted set, prunes what no live token can match
+/// any more (by Redis's clock) and renews the TTL, atomically.
+const RECORD_SCRIPT: &str = r#"
+local now = tonumber(redis.call('TIME')[1])
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
+redis.call('EXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])
+"#;
+
+/// The bus across processes, on Redis.
+pub struct RedisBus {
+    redis: Redis,
+    /// How long a revocation is kept: at least the access-token lifetime.
+    keep: Duration,
+    key: String,
+    record_script: Script,
+    sender: broadcast::Sender<Revocation>,
+    subscriber_started: AtomicBool,
+    synced: Arc<AtomicBool>,
+    resnapshot: Arc<Notify>,
+    resync: Arc<Notify>,
+    resync_watch_started: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").field("key", &self.key).field("keep", &self.keep).finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// `keep`: how long revocations stay in Redis; use at least the access
+    /// token lifetime plus leeway.
+    pub fn new(redis: Redis, keep: Duration) -> Self {
+        let resync = Arc::new(Notify::new());
+        // The first `resync_wanted` returns at once: record on start.
+        resync.notify_one();
+        Self {
+            key: redis.key("revocations"),
+            redis,
+            keep,
+            record_script: Script::from_lua(RECORD_SCRIPT),
+            sender: broadcast::channel(CAPACITY).0,
+            subscriber_started: AtomicBool::new(false),
+            synced: Arc::new(AtomicBool::new(false)),
+            resnapshot: Arc::new(Notify::new()),
+            resync,
+            resync_watch_started: AtomicBool::new(false),
+        }
+    }
+
+    async fn record_now(&self, revocations: &[Revocation]) -> Result<(), RedisError> {
+        let mut args = Vec::with_capacity(1 + 2 * revocations.len());
+        args.push(self.keep.as_secs().max(1).to_string());
+        for r in revocations {
+            args.push(r.at.unix_timestamp().to_string());
+            args.push(encode(r));
+        }
+        let _: i64 =
+            self.record_script.evalsha_with_reload(&self.redis.client, self.key.as_str(), args).await?;
+        Ok(())
+    }
+
+    async fn record_and_publish(&self, revocations: Vec<Revocation>) -> Result<(), RedisError> {
+        self.record_now(&revocations).await?;
+        for r in &revocations {
+            let () = self.redis.client.publish(self.key.as_str(), encode(r)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl RevocationBus for Arc<RedisBus> {
+    fn publish(&self, revocations: &[Revocation]) {
+        if revocations.is_empty() {
+            return;
+        }
+        let bus = self.clone();
+        let revocations = revocations.to_vec();
+        crate::redis::spawn(async move {
+            if let Err(e) = bus.record_and_publish(revocations).await {
+                // Gateways keep their last set; the store still has it all,
+                // and the resync puts it back into Redis when it answers.
+                tracing::error!(error = %e, "could not publish revocations to redis; will resync");
+                bus.resync.notify_one();
+            }
+        });
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+        let receiver = self.sender.subscribe();
+        if !self.subscriber_started.swap(true, Ordering::SeqCst) {
+            crate::redis::spawn(run_subscriber(self.clone()));
+        }
+        receiver
+    }
+
+    fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::SeqCst)
+    }
+
+    fn resnapshot(&self) {
+        self.resnapshot.notify_one();
+    }
+
+    fn resync_wanted(&self) -> BoxFuture<'_, ()> {
+        if !self.resync_watch_started.swap(true, Ordering::SeqCst) {
+            // The command connection coming back means Redis may have
+            // restarted empty, or missed publishes while away.
+            let mut reconnects = self.redis.client.reconnect_rx();
+            let resync = self.resync.clone();
+            crate::redis::spawn(async move {
+                while reconnects.recv().await.is_ok() {
+                    resync.notify_one();
+                }
+            });
+        }
+        Box::pin(self.resync.notified())
+    }
+
+    fn record<'a>(&'a self, revocations: &'a [Revocation]) -> BoxFuture<'a, Result<(), RedisError>> {
+        Box::pin(self.record_now(revocations))
+    }
+}
+
+/// Keeps the subscription and the snapshot: subscribe, load the set, apply
+/// messages; after every reconnect load the set again.
+async fn run_subscriber(bus: Arc<RedisBus>) {
+    let subscriber = match bus.redis.subscriber() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot create the revocation subscriber");
+            return;
+        }
+    };
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    subscriber.connect();
+    // Resubscribes by itself after every reconnect.
+    let _resubscriber = subscriber.manage_subscriptions();
+    loop {
+        let subscribed = async {
+            subscriber.wait_for_connect().await?;
+            subscriber.subscribe(bus.key.as_str()).await
+        };
+        match subscribed.await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "revocation subscription failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    snapshot_until_loaded(&bus).await;
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Ok(m) => match m.value.as_str().as_deref().and_then(decode) {
+                    Some(r) => { let _ = bus.sender.send(r); }
+                    None => tracing::warn!("ignoring a malformed revocation message"),
+                },
+                Err(broadcast::error::RecvError::Lagged(_)) => snapshot_until_loaded(&bus).await,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            reconnect = reconnects.recv() => match reconnect {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    tracing::info!("revocation subscriber reconnected; reloading the snapshot");
+                    // Once now, and once after the resubscription surely
+                    // finished, so a publish in between is not missed.
+                    snapshot_until_loaded(&bus).await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    snapshot_until_loaded(&bus).await;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = bus.resnapshot.notified() => snapshot_until_loaded(&bus).await,
+        }
+    }
+}
+
+async fn snapshot_until_loaded(bus: &RedisBus) {
+    loop {
+        match bus
+            .redis
+            .client
+            .zrange::<Vec<String>, _, _, _>(bus.key.as_str(), 0, -1, None, false, None, false)
+            .await
+        {
+            Ok(members) => {
+                let count = members.len();
+                for r in members.iter().filter_map(|m| decode(m)) {
+                    let _ = bus.sender.send(r);
+                }
+                bus.synced.store(true, Ordering::SeqCst);
+                tracing::debug!(count, "revocation snapshot loaded");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the revocation snapshot; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// `kind id user_id at_unix_micros reason`: compact, and equal revocations
+/// encode equally (the sorted set deduplicates them).
+fn encode(r: &Revocation) -> String {
+    let micros = r.at.unix_timestamp_nanos() / 1000;
+    format!("{} {} {} {micros} {}", r.kind.as_str(), r.id, r.user_id, r.reason)
+}
+
+fn decode(s: &str) -> Option<Revocation> {
+    let mut parts = s.splitn(5, ' ');
+    let kind = RevocationKind::parse(parts.next()?)?;
+    let id = Uuid::parse_str(parts.next()?).ok()?;
+    let user_id = Uuid::parse_str(parts.next()?).ok()?;
+    let micros: i128 = parts.next()?.parse().ok()?;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).ok()?;
+    let reason = parts.next()?.to_owned();
+    Some(Revocation { kind, id, user_id, at, reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[tokio::test]
+    async fn every_subscriber_sees_what_is_published_after_it_subscribed() {
+        let bus = InProcessBus::default();
+        let at = datetime!(2026-01-01 00:00 UTC);
+        bus.publish(&[Revocation::user(Uuid::from_u128(9), at, "before anyone listened")]);
+        let (mut a, mut b) = (bus.subscribe(), bus.subscribe());
+        let r = Revocation::session(Uuid::from_u128(1), Uuid::from_u128(2), at, "logout");
+        bus.publish(std::slice::from_ref(&r));
+        assert_eq!(a.recv().await.unwrap(), r);
+        assert_eq!(b.recv().await.unwrap(), r);
+        assert!(a.try_recv().is_err(), "nothing else was queued");
+    }
+
+    #[test]
+    fn the_wire_form_round_trips_and_refuses_garbage() {
+        let at = datetime!(2026-03-04 05:06:07.123456 UTC);
+        for r in [
+            Revocation::user(Uuid::from_u128(7), at, "banned"),
+            Revocation::session(Uuid::from_u128(1), Uuid::from_u128(2), at, "logout"),
+        ] {
+            assert_eq!(decode(&encode(&r)), Some(r));
+        }
+        for bad in
+            ["", "user", "group 1 2 3 x", "user not-a-uuid", "session 00000000-0000-0000-0000-000000000001"]
+        {
+            assert_eq!(decode(bad), None, "{bad:?} decoded");
+        }
+    }
+}

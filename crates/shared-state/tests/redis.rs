@@ -1,0 +1,216 @@
+//! The Redis backends against real, private `redis-server` processes (a
+//! single node, and a 3-master Cluster), including Redis dying mid-use.
+
+use std::{sync::Arc, time::Duration};
+
+use bouncer_core::{
+    bucket::{self, Limit},
+    config::OnStoreError,
+    revocation::Revocation,
+};
+use bouncer_shared_state::{
+    Redis, RedisBus, RevocationBus,
+    denials::{DenialEvent, DenialRecorder, DenialSink, DenialSource, RedisDenials, ship},
+    limiter::{RateLimiter, Verdict},
+    testing::{RedisCluster, RedisServer},
+};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+const FIVE_PER_SECOND_BURST_3: Limit = Limit { burst: 3, interval_us: 200_000 };
+
+async fn connect(url: &str) -> Redis {
+    let redis = Redis::connect(url, "test:").expect("valid url");
+    assert!(redis.wait_connected(Duration::from_secs(5)).await, "could not connect to {url}");
+    redis
+}
+
+fn checked(v: Verdict) -> bucket::Decision {
+    match v {
+        Verdict::Checked(d) => d,
+        other => panic!("expected a bucket decision, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_bucket_script_matches_the_core_arithmetic() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::shared(connect(&server.url()).await, OnStoreError::Deny);
+    let l = FIVE_PER_SECOND_BURST_3;
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let d = checked(limiter.check("r:user:a", &l).await);
+        assert!(d.allowed);
+        remaining.push(d.remaining);
+    }
+    assert_eq!(remaining, [2, 1, 0], "same countdown as bucket::take");
+    let refused = checked(limiter.check("r:user:a", &l).await);
+    assert!(!refused.allowed, "burst 3 admits exactly 3 at once");
+    assert!(
+        refused.retry_after_us > 0 && refused.retry_after_us <= 200_000,
+        "one token is back within one interval, got {} µs",
+        refused.retry_after_us
+    );
+    assert!(checked(limiter.check("r:user:b", &l).await).allowed, "another key has its own bucket");
+
+    // The key is hash-tagged and expires once the bucket would be full.
+    let ttl: i64 = server.cli(&["pttl", "test:rl:{r:user:a}"]).parse().expect("PTTL answers a number");
+    assert!((1..=600).contains(&ttl), "TTL {ttl} ms should be about the 600 ms to refill");
+
+    tokio::time::sleep(Duration::from_millis(220)).await;
+    assert!(checked(limiter.check("r:user:a", &l).await).allowed, "refilled at 5/s");
+
+    // A Redis that lost its scripts (restart, SCRIPT FLUSH) gets it reloaded.
+    assert_eq!(server.cli(&["script", "flush"]), "OK");
+    assert!(checked(limiter.check("r:user:c", &l).await).allowed, "NOSCRIPT is handled by reloading");
+    assert!(!limiter.stats.degraded());
+}
+
+#[tokio::test]
+async fn a_dead_redis_falls_back_per_on_store_error_and_recovers() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let local = RateLimiter::shared(connect(&url).await, OnStoreError::Local);
+    let allow = RateLimiter::shared(connect(&url).await, OnStoreError::Allow);
+    let deny = RateLimiter::shared(connect(&url).await, OnStoreError::Deny);
+    let l = Limit { burst: 1, interval_us: 60_000_000 };
+    assert!(checked(local.check("k", &l).await).allowed);
+    server.stop();
+
+    // Local buckets still limit: this key is fresh locally, then spent.
+    assert!(checked(local.check("k", &l).await).allowed);
+    assert!(!checked(local.check("k", &l).await).allowed, "local buckets keep limiting");
+    assert!(local.stats.degraded(), "the degraded state is visible");
+    assert!(local.stats.store_errors.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(allow.check("k", &l).await, Verdict::Unlimited);
+    assert_eq!(deny.check("k", &l).await, Verdict::Unavailable);
+
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = deny.check("fresh", &l).await;
+        if v != Verdict::Unavailable {
+            assert!(checked(v).allowed);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the limiter never went back to redis");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!deny.stats.degraded(), "recovered by itself");
+}
+
+#[tokio::test]
+async fn buckets_work_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let limiter = RateLimiter::shared(connect(&cluster.url()).await, OnStoreError::Deny);
+    let l = Limit { burst: 2, interval_us: 60_000_000 };
+    // Many keys: they land on every shard, each bucket on one.
+    for i in 0..30 {
+        let key = format!("route:ip:10.0.0.{i}");
+        assert!(checked(limiter.check(&key, &l).await).allowed);
+        assert!(checked(limiter.check(&key, &l).await).allowed);
+        assert!(!checked(limiter.check(&key, &l).await).allowed, "{key}: third request refused");
+    }
+    let per_node: Vec<usize> =
+        cluster.nodes.iter().map(|n| n.cli(&["dbsize"]).parse::<usize>().unwrap_or(0)).collect();
+    assert!(per_node.iter().all(|&n| n > 0), "buckets spread over every master: {per_node:?}");
+    assert_eq!(per_node.iter().sum::<usize>(), 30, "one key per bucket and nothing else");
+}
+
+async fn next_revocation(rx: &mut broadcast::Receiver<Revocation>) -> Revocation {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a revocation within 5 s")
+        .expect("the bus is open")
+}
+
+#[tokio::test]
+async fn revocations_fan_out_and_late_or_reconnecting_subscribers_load_the_snapshot() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let admin = Arc::new(RedisBus::new(connect(&url).await, Duration::from_secs(3600)));
+    let gateway = Arc::new(RedisBus::new(connect(&url).await, Duration::from_secs(3600)));
+    let mut early = gateway.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !gateway.is_synced() {
+        assert!(tokio::time::Instant::now() < deadline, "the empty snapshot never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Stores keep microseconds; so does the wire form.
+    let now = bouncer_core::audit::truncate_to_micros(OffsetDateTime::now_utc());
+    let ban = Revocation::user(Uuid::now_v7(), now, "banned");
+    admin.publish(std::slice::from_ref(&ban));
+    assert_eq!(next_revocation(&mut early).await, ban, "published revocations reach subscribers");
+
+    // A gateway started after the ban learns it from the snapshot.
+    let late_bus = Arc::new(RedisBus::new(connect(&url).await, Duration::from_secs(3600)));
+    let mut late = late_bus.subscribe();
+    assert_eq!(next_revocation(&mut late).await, ban);
+
+    // Redis restarts empty: the admin's resync puts the store's revocations
+    // back, and the reconnecting subscriber reloads them.
+    let logout = Revocation::session(Uuid::now_v7(), Uuid::now_v7(), now, "logout");
+    admin.resync_wanted().await; // the start-up resync
+    server.restart();
+    tokio::time::timeout(Duration::from_secs(10), admin.resync_wanted())
+        .await
+        .expect("a reconnect asks for a resync");
+    admin.record(&[ban.clone(), logout.clone()]).await.expect("record after the restart");
+    let mut seen = Vec::new();
+    while !seen.contains(&logout) {
+        seen.push(next_revocation(&mut early).await);
+    }
+    assert_eq!(server.cli(&["zcard", "test:revocations"]), "2");
+    let ttl: i64 = server.cli(&["ttl", "test:revocations"]).parse().unwrap();
+    assert!((3500..=3600).contains(&ttl), "the record expires after the keep time, got {ttl}");
+}
+
+fn denial(status: u16, bucket: Option<&str>) -> DenialEvent {
+    DenialEvent {
+        id: Uuid::now_v7(),
+        at: OffsetDateTime::now_utc(),
+        status,
+        decision: "forbidden".into(),
+        route: "orders".into(),
+        method: "GET".into(),
+        path: "/api/orders".into(),
+        user_id: None,
+        ip: Some("192.0.2.7".into()),
+        request_id: None,
+        bucket: bucket.map(str::to_owned),
+        count: 1,
+    }
+}
+
+#[tokio::test]
+async fn denials_travel_the_stream_and_unacknowledged_ones_come_back() {
+    let server = RedisServer::start();
+    let redis = connect(&server.url()).await;
+    let (recorder, queue) = DenialRecorder::new();
+    let sent: Vec<_> = (0..5).map(|_| denial(403, None)).collect();
+    for d in &sent {
+        recorder.record(d.clone());
+    }
+    for _ in 0..50 {
+        recorder.record(denial(429, Some("user:x")));
+    }
+    drop(recorder);
+    let sink = RedisDenials::new(&redis);
+    ship(queue, &sink as &dyn DenialSink, std::future::pending()).await;
+
+    let mut source = DenialSource::redis(&redis, "admin-1").await.expect("join the group");
+    let first = source.next().await.unwrap().expect("a batch");
+    assert_eq!(&first.events[..5], &sent[..], "plain denials arrive in order");
+    assert_eq!(first.events.len(), 6, "fifty 429s of one bucket and minute fold into one event");
+    assert_eq!(first.events[5].count, 50);
+    // Not acknowledged (the append failed): a new consumer process with the
+    // same name gets the same events again.
+    drop(source);
+    let mut again = DenialSource::redis(&redis, "admin-1").await.unwrap();
+    let replay = again.next().await.unwrap().unwrap();
+    assert_eq!(replay.events, first.events, "unacknowledged events are redelivered");
+    again.ack(replay).await.unwrap();
+    let pending = server.cli(&["xpending", "test:denials", "admin"]);
+    assert!(pending.starts_with('0'), "all acknowledged, XPENDING says {pending:?}");
+}
