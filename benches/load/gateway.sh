@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Gateway load benchmark: `bouncer echo` directly, the gateway on an
 # `auth: none` route, and the gateway on an authenticated, role-checked
-# route — interleaved rounds, one load generator (wrk) at fixed concurrency,
-# servers pinned to core 0 and wrk to core 1. Prints requests/s, p50/p99 and
-# ratios to the direct run. Installs nothing: it names what is missing.
+# route, with and without a Redis token bucket (the full pipeline) —
+# interleaved rounds, one load generator (wrk) at fixed concurrency, servers
+# (and a private redis-server) pinned to core 0 and wrk to core 1. Prints
+# requests/s, p50/p99 and ratios. Installs nothing: it names what is missing.
 #
 # Usage: benches/load/gateway.sh [SECONDS_PER_RUN] [ROUNDS] [CONNECTIONS]
 set -euo pipefail
@@ -13,9 +14,9 @@ rounds=${2:-3}
 conns=${3:-64}
 
 missing=()
-for tool in wrk taskset curl python3; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in wrk taskset curl python3 redis-server redis-cli; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
-    echo "missing: ${missing[*]} (Debian: apt-get install wrk util-linux curl python3)" >&2
+    echo "missing: ${missing[*]} (Debian: apt-get install wrk util-linux curl python3 redis-server)" >&2
     exit 1
 fi
 cargo build --release -q -p bouncer
@@ -31,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port)
+admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port); redis_port=$(port)
 cat > "$work/routes.yaml" <<YAML
 upstreams:
   admin: { targets: [127.0.0.1:$admin] }
@@ -40,6 +41,13 @@ routes:
   - { name: auth, path: /auth/**, upstream: admin, auth: none }
   - { name: open, path: /open/**, upstream: echo, auth: none }
   - { name: api,  path: /api/**,  upstream: echo, roles: [user, admin] }
+  # The full pipeline: a bucket generous enough never to refuse, so every
+  # request pays the Redis call and nothing else changes.
+  - name: limited
+    path: /limited/**
+    upstream: echo
+    roles: [user, admin]
+    rate_limit: { key: user, burst: 1000000, per_second: 1000000 }
 YAML
 cat > "$work/bouncer.yaml" <<YAML
 admin:
@@ -53,9 +61,12 @@ gateway:
   routes: $work/routes.yaml
   jwks_url: http://127.0.0.1:$admin/.well-known/jwks.json
   issuer: http://127.0.0.1:$admin
+redis: redis://127.0.0.1:$redis_port
 YAML
 
 export RUST_LOG=warn
+taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 taskset -c 0 "$bin" admin --config "$work/bouncer.yaml" 2>"$work/admin.log" & pids+=($!)
 taskset -c 0 "$bin" echo --listen "127.0.0.1:$echo_port" 2>"$work/echo.log" & pids+=($!)
 taskset -c 0 "$bin" gateway --config "$work/bouncer.yaml" 2>"$work/gateway.log" & pids+=($!)
@@ -65,6 +76,10 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 [[ ${code:-} == 401 ]] || { echo "gateway did not become ready; see $work/*.log" >&2; exit 1; }
+for _ in $(seq 1 100); do
+    curl -s "http://127.0.0.1:$metrics/metrics" | grep -q '^bouncer_gateway_revocations_ready 1' && break
+    sleep 0.1
+done
 
 body='{"email":"load@example.com","password":"load test passphrase"}'
 curl -sf "http://127.0.0.1:$gw/auth/signup" -H 'content-type: application/json' -d "$body" >/dev/null
@@ -94,6 +109,7 @@ for r in $(seq 1 "$rounds"); do
     results[direct]+="$(run "http://127.0.0.1:$echo_port/open/x")"$'\n'
     results[none]+="$(run "http://127.0.0.1:$gw/open/x")"$'\n'
     results[auth]+="$(run "http://127.0.0.1:$gw/api/x" -H "Authorization: Bearer $token")"$'\n'
+    results[full]+="$(run "http://127.0.0.1:$gw/limited/x" -H "Authorization: Bearer $token")"$'\n'
 done
 
 python3 - "$secs" "$rounds" "$conns" <<PY
@@ -103,19 +119,27 @@ rows = {
     "direct": """${results[direct]}""",
     "none": """${results[none]}""",
     "auth": """${results[auth]}""",
+    "full": """${results[full]}""",
 }
 med = {}
 for k, text in rows.items():
     runs = [list(map(float, line.split())) for line in text.strip().splitlines()]
     med[k] = [statistics.median(col) for col in zip(*runs)]
-names = {"direct": "bouncer echo, direct", "none": "gateway, auth: none", "auth": "gateway, EdDSA + role check"}
+names = {
+    "direct": "bouncer echo, direct",
+    "none": "gateway, auth: none",
+    "auth": "gateway, EdDSA + role check",
+    "full": "gateway, EdDSA + role + Redis bucket",
+}
 print(f"# gateway load: wrk -t1 -c{conns}, {secs}s x {rounds} interleaved rounds (medians); servers on core 0, wrk on core 1")
 print()
-print("| scenario | req/s | p50 ms | p99 ms | vs direct |")
-print("|---|---:|---:|---:|---:|")
-for k in ("direct", "none", "auth"):
+print("| scenario | req/s | p50 ms | p99 ms | vs direct | vs auth: none |")
+print("|---|---:|---:|---:|---:|---:|")
+for k in ("direct", "none", "auth", "full"):
     rps, p50, p99 = med[k]
-    print(f"| {names[k]} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {rps / med['direct'][0]:.2f} |")
+    print(f"| {names[k]} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {rps / med['direct'][0]:.2f} | {rps / med['none'][0]:.2f} |")
 print()
 print(f"authenticated / auth: none throughput: {med['auth'][0] / med['none'][0]:.2f} (target >= 0.85)")
+print(f"full pipeline (+ Redis bucket) / auth: none: {med['full'][0] / med['none'][0]:.2f} (target >= 0.80)")
+print(f"full pipeline / authenticated without bucket: {med['full'][0] / med['auth'][0]:.2f}")
 PY

@@ -7,13 +7,15 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bouncer_admin::{AppState, keys, passwords::Passwords};
+use bouncer_admin::{AppState, keys, passwords::Passwords, shared};
 use bouncer_core::{
     audit::{Action, AuditContext, Outcome},
     config::Config,
     email::Email,
     routes::RouteTable,
 };
+use bouncer_gateway::SharedState;
+use bouncer_shared_state::{Redis, RedisBus, RevocationBus, denials::DenialSource};
 use bouncer_store::{NewUser, Store, StoreError};
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
@@ -255,8 +257,30 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", admin.listen))?;
         let addr = listener.local_addr()?;
         let backend = store.backend();
-        // Embedded and single-admin deployments: revocations travel in-process.
-        let bus = Arc::new(bouncer_shared_state::InProcessBus::default());
+        let bus: Arc<dyn RevocationBus> = match &config.redis {
+            // Gateway replicas learn revocations from Redis; their denials
+            // come back through it for the audit log.
+            Some(url) => {
+                let redis = Redis::connect(url, &config.redis_prefix)?;
+                let bus: Arc<dyn RevocationBus> =
+                    Arc::new(Arc::new(RedisBus::new(redis.clone(), shared::revocation_keep(&admin))));
+                tokio::spawn(shared::keep_revocations_recorded(bus.clone(), store.clone(), shared::revocation_keep(&admin)));
+                let consumer = consumer_name(admin.listen);
+                let store = store.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match DenialSource::redis(&redis, &consumer).await {
+                            Ok(source) => return shared::record_denials(source, store).await,
+                            Err(e) => tracing::warn!(error = %e, "cannot join the denial stream yet; retrying"),
+                        }
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                });
+                bus
+            }
+            // Without Redis nothing outside this process listens.
+            None => Arc::new(bouncer_shared_state::InProcessBus::default()),
+        };
         let state = AppState::new(admin, store, bus)?;
         tracing::info!(%addr, database = backend, kid = %state.keys.signing_kid(time::OffsetDateTime::now_utc()), "admin listening");
         bouncer_admin::serve(listener, state, shutdown_signal(), grace).await?;
@@ -268,10 +292,24 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
 /// Runs the gateway until a signal stops it; pingora owns the process from
 /// here (its own runtimes, signal handling and exit).
 fn run_gateway(config: Config) -> anyhow::Result<()> {
-    let gateway = bouncer_gateway::build(&config.gateway).map_err(anyhow::Error::msg)?;
-    let server = bouncer_gateway::server(&config.gateway, gateway);
+    let shared = SharedState::redis(&config).map_err(anyhow::Error::msg)?;
+    let (gateway, denials) =
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone()).map_err(anyhow::Error::msg)?;
+    let server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");
     server.run_forever()
+}
+
+/// This admin's name in the denial stream's consumer group: stable across
+/// restarts of the same instance, so it picks up its own pending entries.
+pub(crate) fn consumer_name(listen: std::net::SocketAddr) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "admin".into());
+    format!("{host}:{}", listen.port())
 }
 
 /// Resolves on SIGTERM or SIGINT.

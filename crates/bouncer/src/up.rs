@@ -1,7 +1,8 @@
 //! `bouncer up`: the admin service, the gateway and (when the routes name an
 //! upstream `echo`) the echo upstream in one process, on the embedded
-//! default — SQLite, in-process revocation bus — so the whole pipeline runs
-//! with nothing else installed.
+//! default — SQLite, in-memory buckets, revocations and denials in-process —
+//! so the whole pipeline runs with nothing else installed. With `redis`
+//! configured, the shared state lives there instead (as for replicas).
 //!
 //! pingora owns the process: the gateway is its proxy service, and the
 //! admin, the revocation feed and echo run as its background services (each
@@ -11,23 +12,47 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use bouncer_admin::AppState;
-use bouncer_core::{claims::LEEWAY, config::Config, revocation::Revocation};
-use bouncer_gateway::revocations::RevocationSet;
-use bouncer_shared_state::{InProcessBus, RevocationBus};
+use bouncer_admin::{AppState, shared};
+use bouncer_core::{claims::LEEWAY, config::Config};
+use bouncer_gateway::{SharedState, revocations::RevocationSet};
+use bouncer_shared_state::{
+    InProcessBus, Redis, RevocationBus,
+    denials::{DenialSource, InProcessDenials},
+    limiter::RateLimiter,
+};
 use pingora::{
     server::ShutdownWatch,
     services::background::{BackgroundService, background_service},
 };
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::Mutex;
 
 /// Name of the upstream `bouncer up` serves itself with the echo app.
 pub const ECHO_UPSTREAM: &str = "echo";
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let bus = Arc::new(InProcessBus::default());
-    let gateway = bouncer_gateway::build(&config.gateway).map_err(anyhow::Error::msg)?;
+    let (shared, denial_source) = match &config.redis {
+        Some(_) => {
+            let shared = SharedState::redis(&config).map_err(anyhow::Error::msg)?;
+            (shared, None)
+        }
+        None => {
+            let bus = Arc::new(InProcessBus::default());
+            let (to_admin, from_gateway) = tokio::sync::mpsc::channel(64);
+            let shared = SharedState {
+                limiter: Arc::new(RateLimiter::in_memory()),
+                // Subscribed before the admin starts so no revocation slips past.
+                early_events: Some(bus.subscribe()),
+                bus,
+                bus_decides_ready: false,
+                denial_sink: Arc::new(InProcessDenials(to_admin)),
+            };
+            (shared, Some(DenialSource::InProcess(from_gateway)))
+        }
+    };
+    let bus = shared.bus.clone();
+    let (gateway, denials) =
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone()).map_err(anyhow::Error::msg)?;
     let echo = gateway
         .table
         .load()
@@ -39,11 +64,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("upstream {ECHO_UPSTREAM:?} must be an ip:port to serve it: {e}"))?;
     let revocations = gateway.revocations.clone();
-    let mut server = bouncer_gateway::server(&config.gateway, gateway);
-    // Subscribe before the admin starts so no revocation can slip past.
-    let feed = RevocationFeed { events: Mutex::new(Some(bus.subscribe())), set: revocations.clone() };
-    server.add_service(background_service("revocations", feed));
-    server.add_service(background_service("admin", Admin { config: config.clone(), bus, set: revocations }));
+    let mut server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
+    let admin = Admin { config: config.clone(), bus, set: revocations, denials: Mutex::new(denial_source) };
+    server.add_service(background_service("admin", admin));
     if let Some(addr) = echo {
         server.add_service(background_service("echo", Echo(addr)));
     }
@@ -53,8 +76,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 struct Admin {
     config: Config,
-    bus: Arc<InProcessBus>,
+    bus: Arc<dyn RevocationBus>,
     set: Arc<RevocationSet>,
+    /// In-process denials from the gateway; `None` when they go via Redis.
+    denials: Mutex<Option<DenialSource>>,
 }
 
 #[async_trait]
@@ -69,6 +94,23 @@ impl BackgroundService for Admin {
             for r in store.revocations_since(horizon).await? {
                 self.set.apply(&r);
             }
+            let denials = match self.denials.lock().await.take() {
+                Some(source) => source,
+                // Shared state on Redis: this admin consumes the stream like
+                // any admin replica, and keeps the revocation record current.
+                None => {
+                    let redis = Redis::connect(self.config.redis.as_deref().unwrap_or_default(), &self.config.redis_prefix)?;
+                    let keep = shared::revocation_keep(&admin);
+                    tokio::spawn(shared::keep_revocations_recorded(self.bus.clone(), store.clone(), keep));
+                    DenialSource::redis(&redis, &crate::cli::consumer_name(admin.listen)).await?
+                }
+            };
+            tokio::spawn(shared::record_denials(denials, store.clone()));
+            if self.config.redis.is_none() {
+                // In-process, the set is complete now; on Redis the
+                // gateway's own snapshot decides.
+                self.set.mark_ready();
+            }
             let users = store.list_users(&bouncer_store::UserFilter { limit: 200, ..Default::default() }).await?;
             if !users.iter().any(|u| u.roles.iter().any(|r| r == "admin")) {
                 // Never a default password: tell the operator how to make the first admin.
@@ -77,8 +119,7 @@ impl BackgroundService for Admin {
                 );
             }
             let listener = tokio::net::TcpListener::bind(admin.listen).await?;
-            let bus: Arc<dyn RevocationBus> = self.bus.clone();
-            let state = AppState::new(admin.clone(), store, bus)?;
+            let state = AppState::new(admin.clone(), store, self.bus.clone())?;
             anyhow::Ok((listener, state))
         }
         .await;
@@ -96,33 +137,6 @@ impl BackgroundService for Admin {
         };
         if let Err(e) = bouncer_admin::serve(listener, state, stop, admin.shutdown_grace.get()).await {
             tracing::error!(error = %e, "admin service stopped with an error");
-        }
-    }
-}
-
-/// Applies every published revocation to the gateway's set.
-struct RevocationFeed {
-    events: Mutex<Option<broadcast::Receiver<Revocation>>>,
-    set: Arc<RevocationSet>,
-}
-
-#[async_trait]
-impl BackgroundService for RevocationFeed {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(mut events) = self.events.lock().await.take() else { return };
-        loop {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(r) => self.set.apply(&r),
-                    // In-process with a large buffer this means a stall of
-                    // thousands of revocations; say so loudly.
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::error!(missed = n, "revocation feed lagged; some revocations were not applied");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = shutdown.changed() => return,
-            }
         }
     }
 }

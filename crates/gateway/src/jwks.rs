@@ -32,6 +32,9 @@ pub struct Jwks {
     /// One fetch at a time: a slow periodic fetch begun before a rotation
     /// must not land after (and overwrite) a forced one.
     fetching: tokio::sync::Mutex<()>,
+    /// Fetches that stored a key set / that failed (metrics).
+    pub refreshed: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 impl Jwks {
@@ -44,6 +47,8 @@ impl Jwks {
             generation: std::sync::atomic::AtomicU64::new(0),
             forced: tokio::sync::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            refreshed: std::sync::atomic::AtomicU64::new(0),
+            failed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -60,6 +65,13 @@ impl Jwks {
     /// Fetches and swaps in the key set. Keys are pinned to EdDSA: JWKs of
     /// any other type or algorithm are ignored, never trusted.
     pub async fn refresh(&self) -> Result<usize, String> {
+        let result = self.fetch().await;
+        let counter = if result.is_ok() { &self.refreshed } else { &self.failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    async fn fetch(&self) -> Result<usize, String> {
         let _one_at_a_time = self.fetching.lock().await;
         let set: JwkSet = self
             .http

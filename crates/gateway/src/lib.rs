@@ -22,11 +22,22 @@ use std::{path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bouncer_core::{claims::Expectations, config::GatewayConfig, routes::RouteTable};
+use bouncer_core::{
+    claims::Expectations,
+    config::{Config, GatewayConfig},
+    revocation::Revocation,
+    routes::RouteTable,
+};
+use bouncer_shared_state::{
+    Redis, RedisBus, RevocationBus,
+    denials::{DenialEvent, DenialRecorder, DenialSink, RedisDenials},
+    limiter::RateLimiter,
+};
 use pingora::{
     server::{Server, ShutdownWatch, configuration::ServerConf},
     services::background::{BackgroundService, background_service},
 };
+use tokio::sync::{Mutex, broadcast, mpsc};
 
 use crate::{
     jwks::Jwks,
@@ -41,19 +52,90 @@ pub fn load_routes(path: &Path) -> Result<LoadedTable, String> {
     LoadedTable::resolve(table)
 }
 
-/// Builds the gateway's state from its configuration.
-pub fn build(config: &GatewayConfig) -> Result<Gateway, String> {
+/// What the gateway shares: with the other replicas through Redis, or
+/// (embedded) with the admin service in its own process.
+pub struct SharedState {
+    pub limiter: Arc<RateLimiter>,
+    pub bus: Arc<dyn RevocationBus>,
+    /// A subscription taken before any publisher started (in-process), or
+    /// `None` to subscribe when the gateway starts (Redis: the subscriber
+    /// loads a snapshot, so nothing is missed).
+    pub early_events: Option<broadcast::Receiver<Revocation>>,
+    /// Redis: the bus's first snapshot makes the revocation set ready.
+    /// In-process: whoever loads the store's revocations does.
+    pub bus_decides_ready: bool,
+    pub denial_sink: Arc<dyn DenialSink>,
+}
+
+impl SharedState {
+    /// The shared state of a standalone gateway replica: everything on Redis.
+    /// A standalone gateway without Redis would never hear of a logout or a
+    /// ban, so it refuses to start.
+    pub fn redis(config: &Config) -> Result<Self, String> {
+        let url = config.redis.as_deref().ok_or_else(|| {
+            "a standalone gateway needs `redis` (or BOUNCER_REDIS_URL) to learn revocations and share \
+             rate limits; for a single process with the admin use `bouncer up`"
+                .to_owned()
+        })?;
+        let redis = Redis::connect(url, &config.redis_prefix).map_err(|e| e.to_string())?;
+        Ok(Self {
+            limiter: Arc::new(RateLimiter::shared(redis.clone(), config.gateway.on_store_error)),
+            bus: Arc::new(Arc::new(RedisBus::new(redis.clone(), revocations::MAX_TOKEN_AGE))),
+            early_events: None,
+            bus_decides_ready: true,
+            denial_sink: Arc::new(RedisDenials::new(&redis)),
+        })
+    }
+}
+
+/// Builds the gateway's state from its configuration. Also returns the
+/// queue of denials for [`server`] to ship.
+pub fn build(
+    config: &GatewayConfig,
+    limiter: Arc<RateLimiter>,
+) -> Result<(Gateway, mpsc::Receiver<DenialEvent>), String> {
     let table = load_routes(&config.routes)?;
-    Ok(Gateway {
+    let (recorder, denial_queue) = DenialRecorder::new();
+    let denials = Arc::new(recorder);
+    let jwks = Arc::new(Jwks::new(&config.jwks_url));
+    let revocations = Arc::new(RevocationSet::default());
+    let metrics = metrics::GatewayMetrics::new(metrics::Sources {
+        reloads: Arc::new(reload::ReloadStats::default()),
+        jwks: jwks.clone(),
+        limiter: limiter.clone(),
+        denials: denials.clone(),
+        revocations: revocations.clone(),
+    });
+    let gateway = Gateway {
         table: Arc::new(ArcSwap::from_pointee(table)),
-        jwks: Arc::new(Jwks::new(&config.jwks_url)),
-        revocations: Arc::new(RevocationSet::default()),
+        jwks,
+        revocations,
         expectations: Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() },
         trusted_proxies: config.trusted_proxies.clone(),
         verified: token_cache::VerifiedTokens::default(),
         identity_names: identity::IdentityNames::new(&config.identity_headers)?,
-        metrics: Arc::new(metrics::GatewayMetrics::new(Arc::new(reload::ReloadStats::default()))),
-    })
+        metrics: Arc::new(metrics),
+        limiter,
+        denials,
+    };
+    Ok((gateway, denial_queue))
+}
+
+/// Ships recorded denials to the audit stream until shutdown.
+struct ShipDenials {
+    queue: Mutex<Option<mpsc::Receiver<DenialEvent>>>,
+    sink: Arc<dyn DenialSink>,
+}
+
+#[async_trait]
+impl BackgroundService for ShipDenials {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(queue) = self.queue.lock().await.take() else { return };
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        bouncer_shared_state::denials::ship(queue, &*self.sink, stop).await;
+    }
 }
 
 struct KeepKeysFresh(Arc<Jwks>);
@@ -70,7 +152,12 @@ impl BackgroundService for KeepKeysFresh {
 
 /// A pingora server running the gateway (and anything the caller adds)
 /// with our shutdown grace instead of pingora's 300 s.
-pub fn server(config: &GatewayConfig, gateway: Gateway) -> Server {
+pub fn server(
+    config: &GatewayConfig,
+    gateway: Gateway,
+    denial_queue: mpsc::Receiver<DenialEvent>,
+    shared: SharedState,
+) -> Server {
     let grace = config.shutdown_grace.get().as_secs().max(1);
     let conf = ServerConf {
         grace_period_seconds: Some(0),
@@ -81,6 +168,15 @@ pub fn server(config: &GatewayConfig, gateway: Gateway) -> Server {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     server.add_service(background_service("jwks", KeepKeysFresh(gateway.jwks.clone())));
+    let feed = revocations::Feed {
+        bus: shared.bus,
+        set: gateway.revocations.clone(),
+        events: Mutex::new(shared.early_events),
+        ready_from_bus: shared.bus_decides_ready,
+    };
+    server.add_service(background_service("revocations", feed));
+    let shipper = ShipDenials { queue: Mutex::new(Some(denial_queue)), sink: shared.denial_sink };
+    server.add_service(background_service("denials", shipper));
     let reloader = reload::RouteReloader {
         path: config.routes.clone(),
         table: gateway.table.clone(),

@@ -13,7 +13,19 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::reload::ReloadStats;
+use bouncer_shared_state::{denials::DenialRecorder, limiter::RateLimiter};
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::{jwks::Jwks, reload::ReloadStats, revocations::RevocationSet};
+
+/// Where the counters kept elsewhere live; mirrored at scrape time.
+pub struct Sources {
+    pub reloads: Arc<ReloadStats>,
+    pub jwks: Arc<Jwks>,
+    pub limiter: Arc<RateLimiter>,
+    pub denials: Arc<DenialRecorder>,
+    pub revocations: Arc<RevocationSet>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -33,11 +45,17 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Histogram,
     reloads: Family<Outcome, Counter>,
-    reload_stats: Arc<ReloadStats>,
+    jwks_fetches: Family<Outcome, Counter>,
+    store_errors: Counter,
+    fallbacks: Counter,
+    degraded: Gauge,
+    denials_dropped: Counter,
+    revocations_ready: Gauge,
+    sources: Sources,
 }
 
 impl GatewayMetrics {
-    pub fn new(reload_stats: Arc<ReloadStats>) -> Self {
+    pub fn new(sources: Sources) -> Self {
         let mut registry = Registry::with_prefix("bouncer_gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency =
@@ -54,7 +72,51 @@ impl GatewayMetrics {
             "Route-table reloads by outcome (applied, rejected)",
             reloads.clone(),
         );
-        Self { registry, requests, latency, reloads, reload_stats }
+        let jwks_fetches = Family::<Outcome, Counter>::default();
+        registry.register("jwks_fetches", "JWKS fetches by outcome (ok, failed)", jwks_fetches.clone());
+        let store_errors = Counter::default();
+        registry.register(
+            "rate_limit_store_errors",
+            "Rate-limit calls to Redis that failed or timed out",
+            store_errors.clone(),
+        );
+        let fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_fallbacks",
+            "Rate-limit decisions taken by on_store_error instead of Redis",
+            fallbacks.clone(),
+        );
+        let degraded = Gauge::default();
+        registry.register(
+            "rate_limit_degraded",
+            "1 while Redis is bypassed for rate limits (on_store_error applies)",
+            degraded.clone(),
+        );
+        let denials_dropped = Counter::default();
+        registry.register(
+            "audit_denials_dropped",
+            "Denials not sent to the audit stream because its queue was full",
+            denials_dropped.clone(),
+        );
+        let revocations_ready = Gauge::default();
+        registry.register(
+            "revocations_ready",
+            "1 once a complete revocation snapshot is loaded",
+            revocations_ready.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            reloads,
+            jwks_fetches,
+            store_errors,
+            fallbacks,
+            degraded,
+            denials_dropped,
+            revocations_ready,
+            sources,
+        }
     }
 
     /// Records one finished request.
@@ -64,24 +126,40 @@ impl GatewayMetrics {
     }
 
     pub fn reload_stats(&self) -> Arc<ReloadStats> {
-        self.reload_stats.clone()
+        self.sources.reloads.clone()
     }
 
     fn render(&self) -> String {
-        // Reload outcomes are counted where they happen; mirror them here.
+        // These are counted where they happen; mirror them here.
+        let s = &self.sources;
         for (outcome, n) in [
-            ("applied", self.reload_stats.applied.load(Ordering::Relaxed)),
-            ("rejected", self.reload_stats.rejected.load(Ordering::Relaxed)),
+            ("applied", s.reloads.applied.load(Ordering::Relaxed)),
+            ("rejected", s.reloads.rejected.load(Ordering::Relaxed)),
         ] {
-            let counter = self.reloads.get_or_create(&Outcome { outcome });
-            let seen = counter.get();
-            if n > seen {
-                counter.inc_by(n - seen);
-            }
+            catch_up(&self.reloads.get_or_create(&Outcome { outcome }), n);
         }
+        for (outcome, n) in [
+            ("ok", s.jwks.refreshed.load(Ordering::Relaxed)),
+            ("failed", s.jwks.failed.load(Ordering::Relaxed)),
+        ] {
+            catch_up(&self.jwks_fetches.get_or_create(&Outcome { outcome }), n);
+        }
+        catch_up(&self.store_errors, s.limiter.stats.store_errors.load(Ordering::Relaxed));
+        catch_up(&self.fallbacks, s.limiter.stats.fallbacks.load(Ordering::Relaxed));
+        catch_up(&self.denials_dropped, s.denials.dropped.load(Ordering::Relaxed));
+        self.degraded.set(i64::from(s.limiter.stats.degraded()));
+        self.revocations_ready.set(i64::from(s.revocations.is_ready()));
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Raises a mirrored counter to `n` (counters only grow).
+fn catch_up(counter: &Counter, n: u64) {
+    let seen = counter.get();
+    if n > seen {
+        counter.inc_by(n - seen);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The gateway's request pipeline: one [`ProxyHttp`] implementation whose
 //! `request_filter` reads top to bottom — normalize, match, strip,
-//! authenticate, revocation, authorize, (rate limit: the shared-state
-//! issue) — and whose later phases forward with identity headers.
+//! authenticate, revocation, authorize, rate limit — and whose later phases
+//! forward with identity headers.
 //!
 //! pingora phases used, in the order they run:
 //! - `request_filter`: every decision; a denial is written here and
@@ -9,9 +9,12 @@
 //! - `upstream_peer`: the target chosen in `request_filter`.
 //! - `upstream_request_filter`: rewrite the path to its normalized form,
 //!   inject `X-User-*`, `X-Request-Id`, `X-Forwarded-For`.
-//! - `response_filter`: echo `X-Request-Id` to the client.
+//! - `response_filter`: echo `X-Request-Id`, add `RateLimit-*` headers.
 //! - `fail_to_proxy`: 502/504 as problem+json.
 //! - `logging`: one access-log line.
+//!
+//! 401/403/429 denials are also handed to the audit stream (a queue, never
+//! waited on) on their way to the admin's audit log.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -22,11 +25,16 @@ use std::{
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bouncer_core::{
+    bucket::{Decision, Limit},
     claims::{AccessClaims, Expectations},
     jwt::{self, TokenError},
     path::normalize_path,
     problem::ProblemKind,
-    routes::{Access, AuthMode, RouteMatch, RouteTable},
+    routes::{Access, AuthMode, LimitKey, RouteMatch, RouteTable},
+};
+use bouncer_shared_state::{
+    denials::{DenialEvent, DenialRecorder},
+    limiter::{RateLimiter, Verdict},
 };
 use ipnet::IpNet;
 use pingora::{
@@ -95,6 +103,8 @@ pub struct Gateway {
     pub metrics: Arc<crate::metrics::GatewayMetrics>,
     pub verified: crate::token_cache::VerifiedTokens,
     pub identity_names: IdentityNames,
+    pub limiter: Arc<RateLimiter>,
+    pub denials: Arc<DenialRecorder>,
 }
 
 /// Per-request state carried between phases.
@@ -111,8 +121,14 @@ pub struct RequestCtx {
     /// Targets already tried for this request (a retry goes elsewhere).
     tried: Vec<SocketAddr>,
     identity: Option<Arc<AccessClaims>>,
+    /// The TCP peer.
+    peer_ip: Option<IpAddr>,
+    /// The client as far as trusted proxies vouch for it (rate keys, audit).
     client_ip: Option<IpAddr>,
     decision: &'static str,
+    /// The route's limit and what the bucket said, for `RateLimit-*`.
+    rate: Option<(Limit, Decision)>,
+    bucket: Option<String>,
 }
 
 #[async_trait]
@@ -125,11 +141,15 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
         ctx.request_id = request_id(session.req_header(), &self.identity_names.request_id);
-        ctx.client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.client_ip = ctx.peer_ip.map(|peer| client_ip(session.req_header(), peer, &self.trusted_proxies));
         match self.decide(session, ctx).await {
             Ok(()) => Ok(false),
             Err(denial) => {
                 ctx.decision = denial.decision;
+                if matches!(denial.kind.status, 401 | 403 | 429) {
+                    self.denials.record(denial_event(session.req_header(), ctx, denial.kind.status));
+                }
                 denial.write(session, &ctx.request_id).await?;
                 Ok(true)
             }
@@ -208,7 +228,7 @@ impl ProxyHttp for Gateway {
             upstream.insert_header(names.roles.clone(), claims.roles.join(","))?;
         }
         upstream.insert_header(self.identity_names.request_id.clone(), ctx.request_id.as_str())?;
-        let forwarded = forwarded_for(session.req_header(), ctx.client_ip, &self.trusted_proxies);
+        let forwarded = forwarded_for(session.req_header(), ctx.peer_ip, &self.trusted_proxies);
         upstream.remove_header(X_FORWARDED_FOR);
         if let Some(value) = forwarded {
             upstream.insert_header(X_FORWARDED_FOR, value)?;
@@ -223,6 +243,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         response.insert_header(self.identity_names.request_id.clone(), ctx.request_id.as_str())?;
+        if let Some((limit, decision)) = &ctx.rate {
+            for (name, value) in rate_limit_headers(limit, decision) {
+                response.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 
@@ -260,7 +285,9 @@ impl ProxyHttp for Gateway {
             _ => Denial::new(ProblemKind::INTERNAL, "An internal error occurred.", "internal"),
         };
         // pingora will not reuse this connection; say so, so that clients do
-        // not send their next request into a closing socket.
+        // not send their next request into a closing socket. (A header alone
+        // is overwritten: pingora writes the session's keep-alive state.)
+        session.set_keepalive(None);
         let denial = denial.with("connection", "close");
         ctx.decision = denial.decision;
         let code = denial.kind.status;
@@ -322,11 +349,12 @@ impl Gateway {
                 "method_override",
             ));
         }
-        let path = normalize_path(req.uri.path()).map_err(|_| invalid())?.into_owned();
+        // Always forwarded in origin form built from this checked path.
+        ctx.forward_path = normalize_path(req.uri.path()).map_err(|_| invalid())?.into_owned();
 
         // 2. Match the route (default deny).
         let loaded = self.table.load_full();
-        let (route, params) = match loaded.table.match_request(session.req_header().method.as_str(), &path) {
+        let (route, params) = match loaded.table.match_request(req.method.as_str(), &ctx.forward_path) {
             RouteMatch::Found { route, params } => (route, params),
             RouteMatch::MethodNotAllowed { allow } => {
                 return Err(Denial::new(
@@ -350,10 +378,18 @@ impl Gateway {
             AuthMode::None => None,
             mode => self.authenticate(session.req_header(), mode == AuthMode::Required).await?,
         };
-        if let Some(claims) = &ctx.identity
-            && self.revocations.is_revoked(claims.sub, claims.sid, claims.iat)
-        {
-            return Err(Denial::invalid_token("The access token was revoked.", "revoked"));
+        if let Some(claims) = &ctx.identity {
+            if !self.revocations.is_ready() {
+                return Err(Denial::new(
+                    ProblemKind::UNAVAILABLE,
+                    "Revocations are not loaded yet.",
+                    "no_revocations",
+                )
+                .with("retry-after", "1"));
+            }
+            if self.revocations.is_revoked(claims.sub, claims.sid, claims.iat) {
+                return Err(Denial::invalid_token("The access token was revoked.", "revoked"));
+            }
         }
 
         // 6. Authorize: any-of roles, or the owner rule (core::routes).
@@ -378,7 +414,39 @@ impl Gateway {
             }
         }
 
-        // 7. Rate limiting joins here with the shared-state work.
+        // 7. Rate limit: one bucket per route and key value, shared by every
+        // replica when Redis is configured.
+        if let Some(spec) = &route.spec.rate_limit {
+            let limit = Limit::of(spec);
+            let bucket = bucket_key(route.name(), spec.key, ctx.identity.as_deref(), ctx.client_ip);
+            match self.limiter.check(&bucket, &limit).await {
+                Verdict::Checked(decision) => {
+                    ctx.rate = Some((limit, decision));
+                    ctx.bucket = Some(bucket);
+                    if !decision.allowed {
+                        let mut denial = Denial::new(
+                            ProblemKind::TOO_MANY_REQUESTS,
+                            "Slow down: the rate limit is spent.",
+                            "rate_limited",
+                        )
+                        .with("retry-after", decision.retry_after_secs().to_string());
+                        for (name, value) in rate_limit_headers(&limit, &decision) {
+                            denial = denial.with(name, value);
+                        }
+                        return Err(denial);
+                    }
+                }
+                Verdict::Unlimited => {}
+                Verdict::Unavailable => {
+                    return Err(Denial::new(
+                        ProblemKind::UNAVAILABLE,
+                        "The rate-limit store is unavailable.",
+                        "limiter_unavailable",
+                    )
+                    .with("retry-after", "1"));
+                }
+            }
+        }
 
         ctx.pool = loaded.pool(&route.spec.upstream).filter(|p| !p.is_empty());
         if ctx.pool.is_none() {
@@ -388,8 +456,6 @@ impl Gateway {
                 "no_target",
             ));
         }
-        // Always forwarded in origin form built from the checked path.
-        ctx.forward_path = path;
         Ok(())
     }
 
@@ -519,6 +585,73 @@ fn strip_identity_headers(req: &mut RequestHeader, names: &IdentityNames) {
     };
     for name in to_strip {
         req.remove_header(&name);
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted proxy —
+/// the right-most `X-Forwarded-For` entry that is not itself trusted (the
+/// left part of the chain is whatever the client chose to write).
+fn client_ip(req: &RequestHeader, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut last = peer;
+    let entries = req.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+    let hops: Vec<&str> = entries.flat_map(|v| v.split(',')).collect();
+    for hop in hops.iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => last = ip,
+            Ok(ip) => return ip,
+            // Garbage in the chain: stop at the last address we could vouch for.
+            Err(_) => return last,
+        }
+    }
+    last
+}
+
+/// The bucket of a request: route name, then the key value. IPv6 clients
+/// are bucketed by /64, the block one subscriber typically gets.
+fn bucket_key(route: &str, key: LimitKey, identity: Option<&AccessClaims>, ip: Option<IpAddr>) -> String {
+    let ip_part = |ip: Option<IpAddr>| match ip {
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(v4) => format!("ip:{v4}"),
+        None => "ip:unknown".to_owned(),
+    };
+    match (key, identity) {
+        (LimitKey::User, Some(claims)) => format!("{route}:user:{}", claims.sub),
+        (LimitKey::User | LimitKey::Ip, _) => format!("{route}:{}", ip_part(ip)),
+        (LimitKey::Route, _) => format!("{route}:route"),
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds).
+fn rate_limit_headers(limit: &Limit, decision: &Decision) -> [(&'static str, String); 3] {
+    [
+        ("ratelimit-limit", limit.burst.to_string()),
+        ("ratelimit-remaining", decision.remaining.to_string()),
+        ("ratelimit-reset", decision.reset_secs().to_string()),
+    ]
+}
+
+/// The audit stream's record of a denial.
+fn denial_event(req: &RequestHeader, ctx: &RequestCtx, status: u16) -> DenialEvent {
+    DenialEvent {
+        id: Uuid::now_v7(),
+        at: OffsetDateTime::now_utc(),
+        status,
+        decision: ctx.decision.to_owned(),
+        route: ctx.route.clone().unwrap_or_else(|| "-".into()),
+        method: req.method.as_str().to_owned(),
+        path: ctx.forward_path.clone(),
+        user_id: ctx.identity.as_ref().map(|c| c.sub.to_string()),
+        ip: ctx.client_ip.map(|ip| ip.to_string()),
+        request_id: Some(ctx.request_id.clone()),
+        bucket: ctx.bucket.clone(),
+        count: 1,
     }
 }
 

@@ -3,12 +3,32 @@
 //! Read on every authenticated request, written rarely: a `RwLock` of two
 //! small maps. Entries older than the longest token lifetime can no longer
 //! match a live token and are pruned.
+//!
+//! Until the first complete snapshot has arrived the set is not *ready*,
+//! and the gateway answers authenticated requests with 503 rather than
+//! accept a token that may have been revoked (as with keys: never loaded →
+//! never accept).
 
-use std::{collections::HashMap, sync::RwLock, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
+use async_trait::async_trait;
 use bouncer_core::revocation::{Revocation, RevocationKind};
+use bouncer_shared_state::RevocationBus;
+use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 use time::OffsetDateTime;
+use tokio::sync::{Mutex, broadcast};
 use uuid::Uuid;
+
+/// The longest access-token lifetime the admin allows (config validation),
+/// plus leeway: older revocations cannot match a live token.
+pub const MAX_TOKEN_AGE: Duration = Duration::from_secs(24 * 3600 + 60);
 
 #[derive(Default)]
 struct Entries {
@@ -22,9 +42,21 @@ struct Entries {
 #[derive(Default)]
 pub struct RevocationSet {
     entries: RwLock<Entries>,
+    ready: AtomicBool,
 }
 
 impl RevocationSet {
+    /// Whether a complete snapshot has been applied.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn mark_ready(&self) {
+        if !self.ready.swap(true, Ordering::AcqRel) {
+            tracing::info!("revocations loaded; authenticated routes are open");
+        }
+    }
+
     pub fn apply(&self, r: &Revocation) {
         let mut e = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let at = r.at.unix_timestamp();
@@ -51,6 +83,56 @@ impl RevocationSet {
         let mut e = self.entries.write().unwrap_or_else(|p| p.into_inner());
         e.users.retain(|_, at| *at >= horizon);
         e.sessions.retain(|_, at| *at >= horizon);
+    }
+}
+
+/// Applies every revocation the bus delivers to the set, and prunes it.
+pub struct Feed {
+    pub bus: Arc<dyn RevocationBus>,
+    pub set: Arc<RevocationSet>,
+    /// A receiver taken before the publishers started (in-process), or
+    /// `None` to subscribe when the service starts.
+    pub events: Mutex<Option<broadcast::Receiver<Revocation>>>,
+    /// Whether the bus decides readiness (shared bus: after its snapshot).
+    /// Otherwise whoever loads the initial set marks it ready.
+    pub ready_from_bus: bool,
+}
+
+#[async_trait]
+impl BackgroundService for Feed {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let taken = self.events.lock().await.take();
+        let mut events = taken.unwrap_or_else(|| self.bus.subscribe());
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut since_prune = 0u32;
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(r) => self.set.apply(&r),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "revocation feed lagged; reloading the snapshot");
+                        self.bus.resnapshot();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => {
+                    if self.ready_from_bus && !self.set.is_ready() && self.bus.is_synced() {
+                        // The snapshot was sent before the bus said synced:
+                        // apply what is queued, then open up.
+                        while let Ok(r) = events.try_recv() {
+                            self.set.apply(&r);
+                        }
+                        self.set.mark_ready();
+                    }
+                    since_prune += 1;
+                    if since_prune >= 600 {
+                        since_prune = 0;
+                        self.set.prune(OffsetDateTime::now_utc(), MAX_TOKEN_AGE);
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 

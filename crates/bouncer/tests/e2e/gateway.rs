@@ -8,9 +8,13 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
+use bouncer_shared_state::testing::RedisServer;
+
 use crate::harness::{Admin, BIN, Backend, PASSWORD, expect_json, expect_problem, free_port};
 
 struct Stack {
+    /// Private Redis: the gateway learns revocations through it.
+    _redis: RedisServer,
     admin: Admin,
     _echo: Child,
     gateway: Child,
@@ -57,7 +61,8 @@ impl Stack {
 
     /// Starts with extra lines appended to the `gateway:` section.
     async fn start_with(extra_gateway_yaml: &str) -> Self {
-        let admin = Admin::start(Backend::Sqlite).await;
+        let redis = RedisServer::start();
+        let admin = Admin::start_with(Backend::Sqlite, &format!("redis: {}\n", redis.url())).await;
         let (echo_port, gateway_port, metrics_port, dead_port) =
             (free_port(), free_port(), free_port(), free_port());
         // An upstream that accepts connections and never answers.
@@ -87,7 +92,8 @@ impl Stack {
         std::fs::write(
             &config,
             format!(
-                "gateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {}\n  jwks_url: {}/.well-known/jwks.json\n  issuer: http://bouncer.test\n  audience: bouncer-test\n  shutdown_grace: 2s\n{extra_gateway_yaml}",
+                "redis: {}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {}\n  jwks_url: {}/.well-known/jwks.json\n  issuer: http://bouncer.test\n  audience: bouncer-test\n  shutdown_grace: 2s\n{extra_gateway_yaml}",
+                redis.url(),
                 routes_path.display(),
                 admin.base
             ),
@@ -104,6 +110,7 @@ impl Stack {
         wait_for_port(gateway_port).await;
         wait_for_port(metrics_port).await;
         let stack = Self {
+            _redis: redis,
             admin,
             _echo: echo,
             gateway,
@@ -112,15 +119,18 @@ impl Stack {
             base: format!("http://127.0.0.1:{gateway_port}"),
             http: reqwest::Client::new(),
         };
-        // The gateway answers 503 on authenticated routes until its first JWKS fetch.
+        // The gateway answers 503 on authenticated routes until its first
+        // JWKS fetch and its first revocation snapshot.
         for _ in 0..100 {
             let r = stack.http.get(stack.url("/api/orders/x")).bearer_auth("x").send().await.unwrap();
-            if r.status() != 503 {
+            let metrics = stack.http.get(format!("{}/metrics", stack.metrics_base)).send().await.unwrap();
+            let metrics = metrics.text().await.unwrap();
+            if r.status() != 503 && metrics.contains("bouncer_gateway_revocations_ready 1") {
                 return stack;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the gateway never loaded the JWKS");
+        panic!("the gateway never loaded the JWKS and the revocations");
     }
 
     fn url(&self, path: &str) -> String {

@@ -23,4 +23,5 @@ mod cli;
 mod gateway;
 mod harness;
 mod rbac;
+mod replicas;
 mod up;

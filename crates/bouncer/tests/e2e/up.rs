@@ -31,7 +31,7 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     std::fs::write(
         &routes,
         format!(
-            "upstreams:\n  admin: {{ targets: [127.0.0.1:{admin_port}] }}\n  echo: {{ targets: [127.0.0.1:{echo_port}] }}\nroutes:\n  - {{ name: auth, path: /auth/**, upstream: admin, auth: none }}\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n"
+            "upstreams:\n  admin: {{ targets: [127.0.0.1:{admin_port}] }}\n  echo: {{ targets: [127.0.0.1:{echo_port}] }}\nroutes:\n  - {{ name: auth, path: /auth/**, upstream: admin, auth: none }}\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n  - {{ name: limited, path: /limited/**, upstream: echo, auth: none, rate_limit: {{ key: ip, burst: 2, per_minute: 1 }} }}\n"
         ),
     )
     .unwrap();
@@ -88,6 +88,23 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     assert_eq!(
         seen["headers"]["x-user-id"], user["id"],
         "the built-in echo saw the gateway's identity headers"
+    );
+
+    // In-memory buckets: burst 2, then 429 with Retry-After and RateLimit-*.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = http.get(format!("{gw}/limited/x")).send().await.unwrap();
+        let h = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        seen.push((r.status().as_u16(), h("ratelimit-remaining"), h("retry-after")));
+    }
+    assert_eq!(
+        seen,
+        [
+            (200, Some("1".into()), None),
+            (200, Some("0".into()), None),
+            (429, Some("0".into()), Some("60".into()))
+        ],
+        "one token per minute after a burst of two"
     );
 
     // Logout: the session's access token is refused by the gateway at once.

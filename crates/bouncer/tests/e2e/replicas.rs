@@ -1,0 +1,400 @@
+//! Several `bouncer gateway` replicas sharing one Redis (single node or a
+//! 3-master Cluster) and one admin: shared rate limits, revocations that
+//! reach every replica within a second, denials in the audit log, and
+//! Redis dying under load.
+
+use std::{
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bouncer_shared_state::testing::{RedisCluster, RedisServer};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::harness::{Admin, BIN, Backend, PASSWORD, expect_json, free_port};
+
+const ROUTES: &str = r#"
+upstreams:
+  app: { targets: [ECHO] }
+routes:
+  - name: limited
+    path: /limited/**
+    upstream: app
+    auth: none
+    rate_limit: { key: route, burst: 20, per_second: 100 }
+  - { name: api, path: /api/**, upstream: app, roles: [user] }
+  - { name: staff, path: /staff/**, upstream: app, roles: [admin] }
+"#;
+
+struct Gateway {
+    child: Child,
+    base: String,
+    metrics: String,
+}
+
+struct Replicas {
+    admin: Admin,
+    _echo: Child,
+    gateways: Vec<Gateway>,
+    redis_url: String,
+    routes: std::path::PathBuf,
+    http: reqwest::Client,
+}
+
+async fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listened on port {port} within 10 s");
+}
+
+impl Replicas {
+    async fn start(redis_url: &str, gateways: usize, on_store_error: &str) -> Self {
+        let admin = Admin::start_with(Backend::Sqlite, &format!("redis: {redis_url}\n")).await;
+        let echo_port = free_port();
+        let echo = Command::new(BIN)
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        wait_for_port(echo_port).await;
+        let routes = admin.dir.path().join("routes.yaml");
+        std::fs::write(&routes, ROUTES.replace("ECHO", &format!("127.0.0.1:{echo_port}"))).unwrap();
+        let mut replicas = Self {
+            admin,
+            _echo: echo,
+            gateways: Vec::new(),
+            redis_url: redis_url.to_owned(),
+            routes,
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..gateways {
+            replicas.add_gateway(on_store_error).await;
+        }
+        replicas
+    }
+
+    /// Starts one more replica and waits until it has keys and revocations.
+    async fn add_gateway(&mut self, on_store_error: &str) {
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = self.admin.dir.path().join(format!("gateway-{port}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "redis: {}\ngateway:\n  listen: 127.0.0.1:{port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {}\n  jwks_url: {}/.well-known/jwks.json\n  issuer: http://bouncer.test\n  audience: bouncer-test\n  shutdown_grace: 2s\n  on_store_error: {on_store_error}\n",
+                self.redis_url,
+                self.routes.display(),
+                self.admin.base
+            ),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .args(["gateway", "--config"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        wait_for_port(port).await;
+        wait_for_port(metrics_port).await;
+        let gateway = Gateway {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
+        };
+        for _ in 0..200 {
+            let r = self.http.get(format!("{}/api/x", gateway.base)).bearer_auth("x").send().await.unwrap();
+            if r.status() != 503 && self.metric(&gateway, "bouncer_gateway_revocations_ready").await == 1.0 {
+                self.gateways.push(gateway);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway {} never loaded keys and revocations", gateway.base);
+    }
+
+    async fn metric(&self, gateway: &Gateway, series: &str) -> f64 {
+        let text =
+            self.http.get(format!("{}/metrics", gateway.metrics)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+
+    /// Status of GET `path` with `token` on every replica.
+    async fn statuses(&self, path: &str, token: &str) -> Vec<u16> {
+        let mut out = Vec::new();
+        for g in &self.gateways {
+            let r = self.http.get(format!("{}{path}", g.base)).bearer_auth(token).send().await.unwrap();
+            out.push(r.status().as_u16());
+        }
+        out
+    }
+
+    /// Waits until every replica answers `want`; returns the time it took.
+    async fn until_all(&self, path: &str, token: &str, want: u16, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let got = self.statuses(path, token).await;
+            if got.iter().all(|&s| s == want) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "replicas answered {got:?}, not all {want}, after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// An admin (made with the CLI) and their access token.
+    async fn admin_token(&self) -> String {
+        let out = self
+            .admin
+            .cli(
+                &["user", "add", "--email", "root@example.com", "--role", "admin", "--password-stdin"],
+                Some(PASSWORD),
+            )
+            .await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        self.admin.login("root@example.com", PASSWORD).await.0
+    }
+
+    /// Hammers `/limited/` round robin over the replicas with `workers`
+    /// concurrent clients for `span`. Returns (admitted, refused, elapsed),
+    /// where elapsed estimates the span Redis saw: the mean of the longest
+    /// (first send to last answer) and the shortest (first answer to last
+    /// send) spans the requests could have covered there.
+    async fn hammer(&self, workers: usize, span: Duration) -> (u64, u64, Duration) {
+        let admitted = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(AtomicU64::new(0));
+        let bases: Arc<Vec<String>> = Arc::new(self.gateways.iter().map(|g| g.base.clone()).collect());
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..workers)
+            .map(|w| {
+                let (admitted, refused, bases, http) =
+                    (admitted.clone(), refused.clone(), bases.clone(), self.http.clone());
+                tokio::spawn(async move {
+                    let mut i = w;
+                    let (mut first_answer, mut last_send, mut last_answer) =
+                        (None, Duration::ZERO, Duration::ZERO);
+                    while started.elapsed() < span {
+                        last_send = started.elapsed();
+                        let r =
+                            http.get(format!("{}/limited/{i}", bases[i % bases.len()])).send().await.unwrap();
+                        last_answer = started.elapsed();
+                        first_answer.get_or_insert(last_answer);
+                        let headers = r.headers();
+                        assert!(
+                            headers.contains_key("ratelimit-limit"),
+                            "RateLimit headers on every limited response"
+                        );
+                        match r.status().as_u16() {
+                            200 => admitted.fetch_add(1, Ordering::Relaxed),
+                            429 => {
+                                assert!(headers.contains_key("retry-after"), "429 carries Retry-After");
+                                refused.fetch_add(1, Ordering::Relaxed)
+                            }
+                            other => panic!("only 200 or 429 expected, got {other}"),
+                        };
+                        i += workers;
+                    }
+                    (first_answer.unwrap_or(span), last_send, last_answer)
+                })
+            })
+            .collect();
+        let (mut first_answer, mut last_send, mut last_answer) = (span, Duration::ZERO, Duration::ZERO);
+        for t in tasks {
+            let (f, s, a) = t.await.unwrap();
+            (first_answer, last_send, last_answer) =
+                (first_answer.min(f), last_send.max(s), last_answer.max(a));
+        }
+        let elapsed = (last_answer + last_send.saturating_sub(first_answer)) / 2;
+        (admitted.load(Ordering::Relaxed), refused.load(Ordering::Relaxed), elapsed)
+    }
+}
+
+/// Admission of all replicas together: burst + rate × elapsed, within 1 %.
+async fn three_replicas_admit_as_one(redis_url: &str) {
+    let replicas = Replicas::start(redis_url, 3, "deny").await;
+    let (admitted, refused, elapsed) = replicas.hammer(12, Duration::from_secs(4)).await;
+    let expected = 20.0 + 100.0 * elapsed.as_secs_f64();
+    let error = (admitted as f64 - expected).abs() / expected;
+    assert!(
+        error <= 0.01,
+        "three replicas admitted {admitted} in {elapsed:?}; one bucket admits {expected:.1} (off by {:.2} %)",
+        error * 100.0
+    );
+    eprintln!("admitted {admitted} of {} in {elapsed:?}; expected {expected:.1}", admitted + refused);
+    assert!(refused > admitted, "the load must exceed the limit to test it ({refused} refused)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_bucket_on_one_redis() {
+    let redis = RedisServer::start();
+    three_replicas_admit_as_one(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_bucket_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    three_replicas_admit_as_one(&cluster.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_and_logouts_reach_every_replica_within_a_second_and_denials_are_audited() {
+    let redis = RedisServer::start();
+    let mut replicas = Replicas::start(&redis.url(), 3, "local").await;
+    let root = replicas.admin_token().await;
+    let user = replicas.admin.signup("ann@example.com").await;
+    let (banned_token, _) = replicas.admin.login("ann@example.com", PASSWORD).await;
+    replicas.admin.signup("bob@example.com").await;
+    let (bob_token, bob_refresh) = replicas.admin.login("bob@example.com", PASSWORD).await;
+    assert_eq!(replicas.statuses("/api/x", &banned_token).await, [200, 200, 200]);
+    assert_eq!(replicas.statuses("/api/x", &bob_token).await, [200, 200, 200]);
+    assert_eq!(
+        replicas.statuses("/staff/x", &bob_token).await,
+        [403, 403, 403],
+        "role check on every replica"
+    );
+
+    let id = user["id"].as_str().unwrap();
+    expect_json(
+        replicas
+            .admin
+            .post_bearer(&format!("/admin/users/{id}/ban"), &root, json!({"reason": "abuse"}))
+            .await,
+        200,
+    )
+    .await;
+    let took = replicas.until_all("/api/x", &banned_token, 401, Duration::from_secs(1)).await;
+    eprintln!("ban refused by all three replicas after {took:?}");
+    expect_json(replicas.admin.post("/auth/logout", json!({"refresh_token": bob_refresh})).await, 204).await;
+    let took = replicas.until_all("/api/x", &bob_token, 401, Duration::from_secs(1)).await;
+    eprintln!("logout refused by all three replicas after {took:?}");
+
+    // A replica started after the ban learns it from the snapshot.
+    replicas.add_gateway("local").await;
+    let late = replicas.gateways.last().unwrap();
+    let r =
+        replicas.http.get(format!("{}/api/x", late.base)).bearer_auth(&banned_token).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a gateway started after the ban refuses the banned user");
+
+    // The 401s and 403s above reach the audit log as gateway.denied.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = expect_json(
+            replicas.admin.get_bearer("/admin/audit?action=gateway.denied&limit=100", &root).await,
+            200,
+        )
+        .await;
+        let items = page["items"].as_array().unwrap();
+        let statuses: Vec<u64> = items.iter().filter_map(|e| e["details"]["status"].as_u64()).collect();
+        let forbidden = statuses.iter().filter(|&&s| s == 403).count();
+        let unauthorized = statuses.iter().filter(|&&s| s == 401).count();
+        if forbidden >= 3 && unauthorized >= 3 {
+            let denied = items.iter().find(|e| e["details"]["status"] == json!(403)).unwrap();
+            assert_eq!(denied["outcome"], json!("denied"));
+            assert_eq!(denied["details"]["route"], json!("staff"), "{denied}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway denials missing from the audit log: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_denials_are_folded_per_minute_and_flushed_on_shutdown() {
+    let redis = RedisServer::start();
+    let mut replicas = Replicas::start(&redis.url(), 1, "deny").await;
+    let root = replicas.admin_token().await;
+    let (_, refused, _) = replicas.hammer(4, Duration::from_millis(500)).await;
+    assert!(refused > 10, "some requests must be refused ({refused})");
+    // A graceful stop ships what the replica was still folding.
+    let gateway = &mut replicas.gateways[0];
+    let pid = gateway.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::timeout(Duration::from_secs(10), gateway.child.wait())
+        .await
+        .expect("stops in time")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = expect_json(
+            replicas.admin.get_bearer("/admin/audit?action=gateway.denied&limit=100", &root).await,
+            200,
+        )
+        .await;
+        let folded: Vec<&Value> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["details"]["status"] == json!(429))
+            .collect();
+        let total: u64 = folded.iter().map(|e| e["details"]["count"].as_u64().unwrap()).sum();
+        if total == refused {
+            assert!(folded.len() <= 2, "one event per bucket and minute, got {}", folded.len());
+            assert_eq!(folded[0]["details"]["bucket"], json!("limited:route"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "429s in the audit log add up to {total}, the client saw {refused}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_redis_degrades_to_local_buckets_and_recovers_with_a_fresh_snapshot() {
+    let mut redis = RedisServer::start();
+    let replicas = Replicas::start(&redis.url(), 2, "local").await;
+    let root = replicas.admin_token().await;
+    let user = replicas.admin.signup("eve@example.com").await;
+    let (token, _) = replicas.admin.login("eve@example.com", PASSWORD).await;
+
+    redis.stop();
+    // Under load with Redis gone: local buckets, never a 5xx (hammer panics on one).
+    let (admitted, _, _) = replicas.hammer(4, Duration::from_secs(1)).await;
+    assert!(admitted > 0);
+    for g in &replicas.gateways {
+        assert_eq!(
+            replicas.metric(g, "bouncer_gateway_rate_limit_degraded").await,
+            1.0,
+            "degraded is visible"
+        );
+    }
+    assert_eq!(replicas.statuses("/api/x", &token).await, [200, 200], "authentication does not need Redis");
+
+    // Banned while Redis is down: the admin cannot publish, and resyncs
+    // from the store when Redis is back; the gateways reload the snapshot.
+    let id = user["id"].as_str().unwrap();
+    expect_json(
+        replicas.admin.post_bearer(&format!("/admin/users/{id}/ban"), &root, json!({"reason": "x"})).await,
+        200,
+    )
+    .await;
+    redis.restart();
+    replicas.until_all("/api/x", &token, 401, Duration::from_secs(10)).await;
+
+    // Shared limiting resumes by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for g in &replicas.gateways {
+        loop {
+            replicas.http.get(format!("{}/limited/x", g.base)).send().await.unwrap();
+            if replicas.metric(g, "bouncer_gateway_rate_limit_degraded").await == 0.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} never went back to Redis", g.base);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(redis.cli(&["keys", "bouncer:rl:*"]).contains("limited:route"), "buckets are in Redis again");
+}
