@@ -7,8 +7,9 @@
 //! `%2E` → `.`), other escapes are kept with upper-case hex; `.` and `..`
 //! segments are resolved and repeated `/` merged; the result must decode to
 //! valid UTF-8. Refused outright: anything but visible ASCII, a raw `\`, a
-//! `;` (path parameters), a `#` (fragment), an encoded `/`, `\`, `?`, `#`,
-//! `;` or NUL, a malformed escape, and a `..` that climbs above the root.
+//! `;` (path parameters), a `#` (fragment), a `?` (the query is split off
+//! before), an encoded `/`, `\`, `?`, `#`, `;` or NUL, a malformed escape,
+//! and a `..` that climbs above the root.
 
 use std::borrow::Cow;
 
@@ -25,6 +26,8 @@ pub enum PathError {
     PathParameter,
     #[error("the path contains a fragment")]
     Fragment,
+    #[error("the path contains a '?'; split the query off first")]
+    QueryInPath,
     #[error("the path contains a malformed percent escape")]
     BadEscape,
     #[error("the path encodes a character that changes its structure (/ \\ ? # ; or NUL)")]
@@ -65,6 +68,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathError> {
             b'\\' => return Err(PathError::Backslash),
             b';' => return Err(PathError::PathParameter),
             b'#' => return Err(PathError::Fragment),
+            // The query is split off before normalizing; a '?' left in a
+            // path means a caller passed the whole target.
+            b'?' => return Err(PathError::QueryInPath),
             b'%' => {
                 let (hi, lo) = match (
                     bytes.get(i + 1).copied().and_then(hex),
