@@ -145,6 +145,31 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn single_node_sentinel_and_cluster_urls_are_understood() {
+        use fred::types::config::ServerConfig;
+        let single = FredConfig::from_url("redis://:pw@10.0.0.1:6380/2").unwrap();
+        assert!(matches!(single.server, ServerConfig::Centralized { .. }), "{:?}", single.server);
+        assert_eq!(single.database, Some(2));
+        let cluster =
+            FredConfig::from_url("redis-cluster://10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000")
+                .unwrap();
+        match cluster.server {
+            ServerConfig::Clustered { hosts, .. } => assert_eq!(hosts.len(), 3),
+            other => panic!("expected a cluster, got {other:?}"),
+        }
+        let sentinel = FredConfig::from_url(
+            "redis-sentinel://10.0.0.1:26379/0?sentinelServiceName=mymaster&node=10.0.0.2:26379",
+        )
+        .unwrap();
+        match sentinel.server {
+            ServerConfig::Sentinel { hosts, service_name, .. } => {
+                assert_eq!((hosts.len(), service_name.as_str()), (2, "mymaster"));
+            }
+            other => panic!("expected sentinels, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn urls_are_redacted_in_errors() {
         assert_eq!(redact("redis://:hunter2@h:6379/0"), "redis://***@h:6379/0");
