@@ -1,5 +1,6 @@
-//! The gateway's own HTTP port (`gateway.metrics_listen`): `/healthz` and
-//! Prometheus `/metrics`. Never served on the proxied port, where `/metrics`
+//! The gateway's own HTTP port (`gateway.metrics_listen`): `/healthz`
+//! (alive), `/readyz` (keys and revocations loaded) and Prometheus
+//! `/metrics`. Never served on the proxied port, where `/metrics`
 //! is just another path subject to the route table.
 
 use std::{net::SocketAddr, sync::Arc, sync::atomic::Ordering, time::Duration};
@@ -173,22 +174,43 @@ pub struct MetricsService {
 impl BackgroundService for MetricsService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let metrics = self.metrics.clone();
-        let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.render(),
-                    )
-                        .into_response()
-                }
-            }),
-        );
+        let readiness = self.metrics.clone();
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            // Ready once it can decide: keys and revocations loaded. Load
+            // balancers and Kubernetes send traffic only then.
+            .route(
+                "/readyz",
+                get(move || {
+                    let m = readiness.clone();
+                    async move {
+                        if m.sources.jwks.current().is_some() && m.sources.revocations.is_ready() {
+                            (axum::http::StatusCode::OK, "ready\n")
+                        } else {
+                            (
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                                "not ready: keys or revocations not loaded\n",
+                            )
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            metrics.render(),
+                        )
+                            .into_response()
+                    }
+                }),
+            );
         let listener = match tokio::net::TcpListener::bind(self.listen).await {
             Ok(l) => l,
             Err(e) => {

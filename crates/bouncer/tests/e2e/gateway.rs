@@ -245,8 +245,10 @@ async fn default_deny_authentication_roles_and_identity_headers() {
     }
 
     // Metrics and health live on their own port only.
-    let health = s.http.get(format!("{}/healthz", s.metrics_base)).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    for probe in ["healthz", "readyz"] {
+        let r = s.http.get(format!("{}/{probe}", s.metrics_base)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "/{probe} once keys and revocations are loaded");
+    }
     let metrics =
         s.http.get(format!("{}/metrics", s.metrics_base)).send().await.unwrap().text().await.unwrap();
     assert!(
@@ -258,6 +260,7 @@ async fn default_deny_authentication_roles_and_identity_headers() {
     assert!(metrics.contains("bouncer_gateway_request_duration_seconds_bucket"), "{metrics}");
     expect_problem(s.get("/metrics", None).await, 404, "not-found").await;
     expect_problem(s.get("/healthz", None).await, 404, "not-found").await;
+    expect_problem(s.get("/readyz", None).await, 404, "not-found").await;
 
     // Identity headers are stripped on auth: none routes too, including Connection-named ones.
     let public = s

@@ -85,6 +85,21 @@ impl Replicas {
 
     /// Starts one more replica and waits until it has keys and revocations.
     async fn add_gateway(&mut self, on_store_error: &str) {
+        let gateway = Self::start_gateway_process(self, on_store_error).await;
+        for _ in 0..200 {
+            let r = self.http.get(format!("{}/api/x", gateway.base)).bearer_auth("x").send().await.unwrap();
+            let ready = self.http.get(format!("{}/readyz", gateway.metrics)).send().await.unwrap();
+            if r.status() != 503 && ready.status() == 200 {
+                self.gateways.push(gateway);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway {} never loaded keys and revocations", gateway.base);
+    }
+
+    /// Starts a replica process and waits for its ports (not for readiness).
+    async fn start_gateway_process(&self, on_store_error: &str) -> Gateway {
         let (port, metrics_port) = (free_port(), free_port());
         let config = self.admin.dir.path().join(format!("gateway-{port}.yaml"));
         std::fs::write(
@@ -106,20 +121,11 @@ impl Replicas {
             .unwrap();
         wait_for_port(port).await;
         wait_for_port(metrics_port).await;
-        let gateway = Gateway {
+        Gateway {
             child,
             base: format!("http://127.0.0.1:{port}"),
             metrics: format!("http://127.0.0.1:{metrics_port}"),
-        };
-        for _ in 0..200 {
-            let r = self.http.get(format!("{}/api/x", gateway.base)).bearer_auth("x").send().await.unwrap();
-            if r.status() != 503 && self.metric(&gateway, "bouncer_gateway_revocations_ready").await == 1.0 {
-                self.gateways.push(gateway);
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("gateway {} never loaded keys and revocations", gateway.base);
     }
 
     async fn metric(&self, gateway: &Gateway, series: &str) -> f64 {
@@ -372,6 +378,19 @@ async fn losing_redis_degrades_to_local_buckets_and_recovers_with_a_fresh_snapsh
         );
     }
     assert_eq!(replicas.statuses("/api/x", &token).await, [200, 200], "authentication does not need Redis");
+    // A replica started while Redis is down never saw a snapshot: it must
+    // not accept tokens (503 and not ready) until it has one.
+    let mut late = Replicas::start_gateway_process(&replicas, "local").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replicas.metric(&late, "bouncer_gateway_jwks_fetches_total{outcome=\"ok\"}").await < 1.0 {
+        assert!(Instant::now() < deadline, "the late replica never loaded its keys");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = replicas.http.get(format!("{}/api/x", late.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 503, "no revocation snapshot, no acceptance");
+    let ready = replicas.http.get(format!("{}/readyz", late.metrics)).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "and /readyz says so");
+    late.child.kill().await.unwrap();
 
     // Banned while Redis is down: the admin cannot publish, and resyncs
     // from the store when Redis is back; the gateways reload the snapshot.
@@ -396,5 +415,7 @@ async fn losing_redis_degrades_to_local_buckets_and_recovers_with_a_fresh_snapsh
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    assert!(redis.cli(&["keys", "bouncer:rl:*"]).contains("limited:route"), "buckets are in Redis again");
+    // The restarted Redis (fresh statistics) has been running the bucket script.
+    let stats = redis.cli(&["info", "commandstats"]);
+    assert!(stats.contains("cmdstat_evalsha:calls="), "buckets are in Redis again: {stats}");
 }
