@@ -486,6 +486,6 @@ mod shipped_files {
             "bouncer.yaml",
         )
         .unwrap();
-        assert_eq!(embedded.admin, AdminConfig::default(), "config/bouncer.yaml documents the defaults");
+        assert_eq!(embedded, Config::default(), "config/bouncer.yaml documents the defaults");
     }
 }

@@ -24,5 +24,6 @@ mod deploy;
 mod gateway;
 mod harness;
 mod rbac;
+mod readme;
 mod replicas;
 mod up;

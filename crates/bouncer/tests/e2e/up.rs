@@ -131,6 +131,7 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     let root =
         expect_json(http.post(format!("{admin_base}/auth/login")).json(&root).send().await.unwrap(), 200)
             .await;
+    let root_token = root["access_token"].as_str().unwrap().to_owned();
     let ban = http
         .post(format!("{admin_base}/admin/users/{}/ban", user["id"].as_str().unwrap()))
         .bearer_auth(root["access_token"].as_str().unwrap())
@@ -155,4 +156,43 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     assert!(status.success(), "exit status {status}");
     let logs = logs.await.unwrap();
     assert!(logs.contains("No admin user yet"), "first start explains how to create an admin");
+
+    // A restart on the same SQLite file keeps users, keys and the audit chain.
+    let jwks_before = std::fs::read_dir(dir.path().join("keys")).unwrap().count();
+    let mut again = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let restarted = within(Duration::from_secs(30), async || {
+        // 403: the token from before the restart verifies (same keys) and
+        // only the role check refuses it (root is an admin, /api wants user).
+        let r = http.get(format!("{gw}/api/x")).bearer_auth(&root_token).send().await;
+        r.is_ok_and(|r| r.status() == 403)
+    })
+    .await;
+    assert!(restarted.is_some(), "bouncer up came back with the same keys");
+    expect_json(
+        http.get(format!("{admin_base}/users/me")).bearer_auth(&root_token).send().await.unwrap(),
+        200,
+    )
+    .await;
+    assert_eq!(std::fs::read_dir(dir.path().join("keys")).unwrap().count(), jwks_before, "no new key");
+    let relogin = json!({"email": "root@example.com", "password": PASSWORD});
+    expect_json(http.post(format!("{gw}/auth/login")).json(&relogin).send().await.unwrap(), 200).await;
+    let pid = again.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(15), again.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "exit status {status}");
+    let verify = run_cli(&config, &["audit", "verify"], None).await;
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "audit verify after restart: {out} {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(out.contains("audit chain intact"), "{out}");
 }
