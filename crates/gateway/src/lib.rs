@@ -77,10 +77,13 @@ impl SharedState {
              rate limits; for a single process with the admin use `bouncer up`"
                 .to_owned()
         })?;
+        // One client each: every connection starts on the runtime that uses
+        // it (the limiter's on the proxy's own).
         let redis = Redis::connect(url, &config.redis_prefix).map_err(|e| e.to_string())?;
+        let another = || redis.another().map_err(|e| e.to_string());
         Ok(Self {
-            limiter: Arc::new(RateLimiter::shared(redis.clone(), config.gateway.on_store_error)),
-            bus: Arc::new(Arc::new(RedisBus::new(redis.clone(), revocations::MAX_TOKEN_AGE))),
+            limiter: Arc::new(RateLimiter::shared(another()?, config.gateway.on_store_error)),
+            bus: Arc::new(Arc::new(RedisBus::new(another()?, revocations::MAX_TOKEN_AGE))),
             early_events: None,
             bus_decides_ready: true,
             denial_sink: Arc::new(RedisDenials::new(&redis)),

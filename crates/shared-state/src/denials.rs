@@ -221,20 +221,20 @@ const FIELD: &str = "event";
 
 /// Redis transport: a capped stream (`{prefix}denials`).
 pub struct RedisDenials {
-    client: Client,
+    redis: Redis,
     key: String,
 }
 
 impl RedisDenials {
     pub fn new(redis: &Redis) -> Self {
-        Self { client: redis.client.clone(), key: redis.key("denials") }
+        Self { redis: redis.clone(), key: redis.key("denials") }
     }
 }
 
 impl DenialSink for RedisDenials {
     fn send<'a>(&'a self, batch: &'a [DenialEvent]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let pipeline = self.client.pipeline();
+            let pipeline = self.redis.client().pipeline();
             for e in batch {
                 let json = serde_json::to_string(e).map_err(|e| e.to_string())?;
                 let () = pipeline
@@ -288,7 +288,7 @@ const CLAIM_IDLE_MS: u64 = 60_000;
 impl DenialSource {
     /// Joins (creating if needed) the consumer group as `consumer`.
     pub async fn redis(redis: &Redis, consumer: &str) -> Result<Self, RedisError> {
-        let client = redis.client.clone_new();
+        let client = redis.client().clone_new();
         client.init().await?;
         let key = redis.key("denials");
         if let Err(e) = client.xgroup_create::<(), _, _, _>(key.as_str(), GROUP, "0", true).await

@@ -20,7 +20,7 @@ use bouncer_core::{
     bucket::{Decision, Limit},
     config::OnStoreError,
 };
-use fred::types::scripts::Script;
+use fred::{interfaces::LuaInterface, types::scripts::Script};
 
 use crate::{
     memory::MemoryBuckets,
@@ -155,10 +155,28 @@ impl RateLimiter {
 
     async fn take_shared(&self, shared: &Shared, key: &str, limit: &Limit) -> Result<Decision, String> {
         // The braces are the hash tag: the whole bucket id picks the shard.
-        let redis_key = format!("{}rl:{{{key}}}", shared.redis.prefix);
-        let args = vec![limit.interval_us.to_string(), limit.capacity_us().to_string()];
-        let call =
-            shared.script.evalsha_with_reload::<(i64, i64), _, _>(&shared.redis.client, redis_key, args);
+        let prefix = &shared.redis.prefix;
+        let mut redis_key = String::with_capacity(prefix.len() + key.len() + 5);
+        redis_key.push_str(prefix);
+        redis_key.push_str("rl:{");
+        redis_key.push_str(key);
+        redis_key.push('}');
+        let call = async {
+            // EVALSHA directly (fred's reload helper clones every argument
+            // up front); the script is loaded only after a NOSCRIPT.
+            let client = shared.redis.client();
+            let args = |l: &Limit| vec![l.interval_us as i64, l.capacity_us() as i64];
+            match client
+                .evalsha::<(i64, i64), _, _, _>(shared.script.sha1().clone(), redis_key.as_str(), args(limit))
+                .await
+            {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {
+                    shared.script.load(client).await?;
+                    client.evalsha(shared.script.sha1().clone(), redis_key.as_str(), args(limit)).await
+                }
+                result => result,
+            }
+        };
         match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(Ok((allowed, ahead))) => Ok(Decision::from_parts(limit, allowed == 1, ahead.max(0) as u64)),
             Ok(Err(e)) => Err(e.to_string()),

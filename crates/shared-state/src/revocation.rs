@@ -165,14 +165,14 @@ impl RedisBus {
             args.push(encode(r));
         }
         let _: i64 =
-            self.record_script.evalsha_with_reload(&self.redis.client, self.key.as_str(), args).await?;
+            self.record_script.evalsha_with_reload(self.redis.client(), self.key.as_str(), args).await?;
         Ok(())
     }
 
     async fn record_and_publish(&self, revocations: Vec<Revocation>) -> Result<(), RedisError> {
         self.record_now(&revocations).await?;
         for r in &revocations {
-            let () = self.redis.client.publish(self.key.as_str(), encode(r)).await?;
+            let () = self.redis.client().publish(self.key.as_str(), encode(r)).await?;
         }
         Ok(())
     }
@@ -215,7 +215,7 @@ impl RevocationBus for Arc<RedisBus> {
         if !self.resync_watch_started.swap(true, Ordering::SeqCst) {
             // The command connection coming back means Redis may have
             // restarted empty, or missed publishes while away.
-            let mut reconnects = self.redis.client.reconnect_rx();
+            let mut reconnects = self.redis.client().reconnect_rx();
             let resync = self.resync.clone();
             crate::redis::spawn(async move {
                 while reconnects.recv().await.is_ok() {
@@ -290,7 +290,7 @@ async fn snapshot_until_loaded(bus: &RedisBus) {
     loop {
         match bus
             .redis
-            .client
+            .client()
             .zrange::<Vec<String>, _, _, _>(bus.key.as_str(), 0, -1, None, false, None, false)
             .await
         {
