@@ -295,9 +295,10 @@ fn run_gateway(config: Config) -> anyhow::Result<()> {
     let shared = SharedState::redis(&config).map_err(anyhow::Error::msg)?;
     let (gateway, denials) =
         bouncer_gateway::build(&config.gateway, shared.limiter.clone()).map_err(anyhow::Error::msg)?;
+    let drain = gateway.drain.clone();
     let server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");
-    server.run_forever()
+    bouncer_gateway::run(server, drain, config.gateway.shutdown_grace.get())
 }
 
 /// This admin's name in the denial stream's consumer group: stable across

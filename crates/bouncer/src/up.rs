@@ -64,6 +64,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("upstream {ECHO_UPSTREAM:?} must be an ip:port to serve it: {e}"))?;
     let revocations = gateway.revocations.clone();
+    let drain = gateway.drain.clone();
     let mut server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     let admin = Admin { config: config.clone(), bus, set: revocations, denials: Mutex::new(denial_source) };
     server.add_service(background_service("admin", admin));
@@ -71,7 +72,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         server.add_service(background_service("echo", Echo(addr)));
     }
     tracing::info!(gateway = %config.gateway.listen, admin = %config.admin.listen, echo = ?echo, "bouncer up");
-    server.run_forever()
+    bouncer_gateway::run(server, drain, config.gateway.shutdown_grace.get())
 }
 
 struct Admin {

@@ -8,6 +8,7 @@
 //! background tasks.
 #![forbid(unsafe_code)]
 
+pub mod drain;
 pub mod identity;
 pub mod jwks;
 pub mod metrics;
@@ -34,7 +35,7 @@ use bouncer_shared_state::{
     limiter::RateLimiter,
 };
 use pingora::{
-    server::{Server, ShutdownWatch, configuration::ServerConf},
+    server::{RunArgs, Server, ShutdownWatch, configuration::ServerConf},
     services::background::{BackgroundService, background_service},
 };
 use tokio::sync::{Mutex, broadcast, mpsc};
@@ -120,6 +121,7 @@ pub fn build(
         metrics: Arc::new(metrics),
         limiter,
         denials,
+        drain: Arc::default(),
     };
     Ok((gateway, denial_queue))
 }
@@ -192,4 +194,11 @@ pub fn server(
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
     server
+}
+
+/// Runs a server built by [`server`] until SIGTERM or SIGINT, drains
+/// in-flight requests (up to `gateway.shutdown_grace`), then exits.
+pub fn run(server: Server, drain: Arc<drain::Drain>, grace: std::time::Duration) -> ! {
+    server.run(RunArgs { shutdown_signal: Box::new(drain::Signals { drain, grace }) });
+    std::process::exit(0)
 }

@@ -105,6 +105,8 @@ pub struct Gateway {
     pub identity_names: IdentityNames,
     pub limiter: Arc<RateLimiter>,
     pub denials: Arc<DenialRecorder>,
+    /// In-flight requests, for a graceful stop.
+    pub drain: Arc<crate::drain::Drain>,
 }
 
 /// Per-request state carried between phases.
@@ -129,6 +131,8 @@ pub struct RequestCtx {
     /// The route's limit and what the bucket said, for `RateLimit-*`.
     rate: Option<(Limit, Decision)>,
     bucket: Option<String>,
+    /// Counts this request as in flight until the context is dropped.
+    _in_flight: Option<crate::drain::InFlight>,
 }
 
 #[async_trait]
@@ -136,10 +140,19 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx { started: Some(Instant::now()), decision: "forwarded", ..RequestCtx::default() }
+        RequestCtx {
+            started: Some(Instant::now()),
+            decision: "forwarded",
+            _in_flight: Some(self.drain.enter()),
+            ..RequestCtx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> pingora::Result<bool> {
+        if self.drain.is_draining() {
+            // Stopping: answer, but on a connection that then closes.
+            session.set_keepalive(None);
+        }
         ctx.request_id = request_id(session.req_header(), &self.identity_names.request_id);
         ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = ctx.peer_ip.map(|peer| client_ip(session.req_header(), peer, &self.trusted_proxies));

@@ -493,3 +493,20 @@ async fn identity_header_names_are_configurable() {
     assert_eq!(h["x-trace-id"], "t-1");
     assert!(h.get("x-user-id").is_none(), "the default names stay stripped: {h}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_lets_in_flight_requests_finish() {
+    let mut s = Stack::start().await;
+    // /slow answers 504 after its 500 ms read timeout: in flight across the signal.
+    let http = s.http.clone();
+    let url = s.url("/slow/x");
+    let in_flight = tokio::spawn(async move { http.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = s.gateway.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let answer = in_flight.await.unwrap().expect("the in-flight request gets its answer, not a reset");
+    assert_eq!(answer.status(), 504);
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), s.gateway.wait()).await.expect("stops").unwrap();
+    assert!(status.success(), "a graceful stop exits 0, got {status}");
+}

@@ -183,8 +183,9 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     assert_eq!(std::fs::read_dir(dir.path().join("keys")).unwrap().count(), jwks_before, "no new key");
     let relogin = json!({"email": "root@example.com", "password": PASSWORD});
     expect_json(http.post(format!("{gw}/auth/login")).json(&relogin).send().await.unwrap(), 200).await;
+    // Ctrl-C stops as gracefully as SIGTERM (pingora alone would exit at once).
     let pid = again.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let status = tokio::time::timeout(Duration::from_secs(15), again.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "exit status {status}");
     let verify = run_cli(&config, &["audit", "verify"], None).await;
