@@ -74,6 +74,10 @@ impl LimiterStats {
 
 struct Shared {
     redis: Redis,
+    /// Set once the first call has waited for the connection: the client
+    /// connects lazily on the proxy's runtime, and fails fast while not yet
+    /// connected, which must not read as "Redis is down".
+    first_connect: tokio::sync::OnceCell<()>,
     script: Script,
     /// Monotonic ms before which Redis is not tried again.
     retry_at_ms: AtomicU64,
@@ -100,6 +104,9 @@ impl std::fmt::Debug for RateLimiter {
 /// Local buckets kept at most (about 100 bytes each).
 pub const LOCAL_CAPACITY: usize = 100_000;
 
+/// How long the very first rate-limited request waits for the connection.
+const FIRST_CONNECT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Pause after a Redis failure before trying it again.
 const RETRY_AFTER_FAILURE_MS: u64 = 1_000;
 
@@ -117,8 +124,12 @@ impl RateLimiter {
 
     /// Buckets in Redis, shared by every replica using the same prefix.
     pub fn shared(redis: Redis, on_error: OnStoreError) -> Self {
-        let shared =
-            Shared { redis, script: Script::from_lua(BUCKET_SCRIPT), retry_at_ms: AtomicU64::new(0) };
+        let shared = Shared {
+            redis,
+            first_connect: tokio::sync::OnceCell::new(),
+            script: Script::from_lua(BUCKET_SCRIPT),
+            retry_at_ms: AtomicU64::new(0),
+        };
         Self { shared: Some(shared), on_error, ..Self::in_memory() }
     }
 
@@ -127,6 +138,16 @@ impl RateLimiter {
         let Some(shared) = &self.shared else {
             return Verdict::Checked(self.local.take(key, limit));
         };
+        shared
+            .first_connect
+            .get_or_init(|| async {
+                if !shared.redis.wait_connected(FIRST_CONNECT).await {
+                    tracing::warn!(
+                        "redis not reachable at start; rate limits use on_store_error until it is"
+                    );
+                }
+            })
+            .await;
         let now_ms = self.origin.elapsed().as_millis() as u64;
         if now_ms >= shared.retry_at_ms.load(Ordering::Relaxed) {
             match self.take_shared(shared, key, limit).await {
