@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Bouncer next to the proxies operators would otherwise pick, in one run on
+# this machine: every server pinned to core 0, wrk to core 1 (Redis to
+# REDIS_CORE, default 1: it stands for another host), interleaved rounds at
+# fixed concurrency. Prints one table (req/s, p50/p99/p99.9, server CPU µs per
+# request, RSS) with ratios, and writes it to docs/benchmarks.md.
+# Installs nothing: it names what is missing.
+#
+# Usage: benches/load/run.sh [SECONDS_PER_RUN] [ROUNDS] [CONNECTIONS]   (defaults 10 3 64)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-10}
+rounds=${2:-3}
+conns=${3:-64}
+redis_core=${REDIS_CORE:-1}
+
+missing=()
+for tool in wrk taskset curl python3 redis-server redis-cli haproxy nginx openssl; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "missing: ${missing[*]} (Debian: apt-get install wrk util-linux curl python3 redis-server haproxy nginx-light openssl)" >&2
+    exit 1
+fi
+cargo build --release -q -p bouncer -p bouncer-benches --bin bouncer --bin mint_tokens
+bin=target/release/bouncer
+mint=target/release/mint_tokens
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port); redis_port=$(port)
+export ECHO_PORT=$echo_port HAPROXY_PLAIN_PORT=$(port) HAPROXY_HS256_PORT=$(port) HAPROXY_ES256_PORT=$(port)
+nginx_port=$(port)
+export ISSUER=http://127.0.0.1:$admin AUDIENCE=bouncer JWT_SECRET=$(openssl rand -hex 32)
+openssl ecparam -name prime256v1 -genkey -noout -out "$work/es256.key" 2>/dev/null
+openssl pkcs8 -topk8 -nocrypt -in "$work/es256.key" -out "$work/es256-pkcs8.pem"
+openssl ec -in "$work/es256.key" -pubout -out "$work/es256-pub.pem" 2>/dev/null
+export ES256_PUBLIC_KEY=$work/es256-pub.pem
+
+cat > "$work/routes.yaml" <<YAML
+upstreams:
+  echo: { targets: [127.0.0.1:$echo_port] }
+routes:
+  - { name: open, path: /open/**, upstream: echo, auth: none }
+  # The full pipeline: EdDSA + role + a Redis bucket per user, generous
+  # enough never to refuse (every request still pays the Redis call).
+  - name: full
+    path: /full/**
+    upstream: echo
+    roles: [user]
+    rate_limit: { key: user, burst: 1000000, per_second: 1000000 }
+YAML
+cat > "$work/bouncer.yaml" <<YAML
+admin:
+  listen: 127.0.0.1:$admin
+  database: sqlite://$work/b.db
+  keys_dir: $work/keys
+  issuer: $ISSUER
+gateway:
+  listen: 127.0.0.1:$gw
+  metrics_listen: 127.0.0.1:$metrics
+  routes: $work/routes.yaml
+  jwks_url: $ISSUER/.well-known/jwks.json
+  issuer: $ISSUER
+redis: redis://127.0.0.1:$redis_port
+YAML
+sed -e "s#@WORK@#$work#g" -e "s#@ECHO_PORT@#$echo_port#g" -e "s#@NGINX_PLAIN_PORT@#$nginx_port#g" \
+    benches/load/peers/nginx.conf > "$work/nginx.conf"
+
+export RUST_LOG=warn
+taskset -c "$redis_core" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
+redis_pid=$!
+taskset -c 0 "$bin" echo --listen "127.0.0.1:$echo_port" 2>"$work/echo.log" & pids+=($!)
+echo_pid=$!
+taskset -c 0 "$bin" admin --config "$work/bouncer.yaml" 2>"$work/admin.log" & pids+=($!)
+for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+taskset -c 0 "$bin" gateway --config "$work/bouncer.yaml" 2>"$work/gateway.log" & pids+=($!)
+gateway_pid=$!
+taskset -c 0 haproxy -f benches/load/peers/haproxy.cfg -db >"$work/haproxy.log" 2>&1 & pids+=($!)
+haproxy_pid=$!
+taskset -c 0 nginx -c "$work/nginx.conf" -e "$work/nginx-error.log" >"$work/nginx.log" 2>&1 & pids+=($!)
+sleep 0.5
+for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$metrics/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$metrics/readyz" >/dev/null || { echo "gateway not ready; see $work/*.log" >&2; exit 1; }
+nginx_master=$(pgrep -f "nginx -c $work/nginx.conf" | head -1)
+nginx_pids="$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"  # master and its worker
+
+# Tokens: EdDSA signed with the admin's key (one user, and 1,000 users), and
+# HS256/ES256 with the same claims for HAProxy.
+"$mint" eddsa "$work/keys" "$ISSUER" "$AUDIENCE" 1000 > "$work/tokens-1000"
+token=$(head -1 "$work/tokens-1000")
+token_hs=$("$mint" hs256 "$JWT_SECRET" "$ISSUER" "$AUDIENCE")
+token_es=$("$mint" es256 "$work/es256-pkcs8.pem" "$ISSUER" "$AUDIENCE")
+for check in "$gw/full/x|$token" "$HAPROXY_HS256_PORT/x|$token_hs" "$HAPROXY_ES256_PORT/x|$token_es"; do
+    url=${check%%|*}; tok=${check#*|}
+    [[ $url == *:* ]] || url="127.0.0.1:$url"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $tok" "http://$url")
+    [[ $code == 200 ]] || { echo "setup check failed: $url answered $code" >&2; exit 1; }
+done
+
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+rss_mib() { local k=0; for p in "$@"; do k=$((k + $(awk '/VmRSS/{print $2}' "/proc/$p/status"))); done; echo $((k / 1024)); }
+hz=$(getconf CLK_TCK)
+
+# One wrk run: prints "rps p50 p99 p999 cpu_us_per_req rss_mib".
+run() {
+    local url=$1 tok=$2 tokens_file=$3; shift 3
+    local before out
+    before=$(cpu_ticks "$@")
+    out=$(TOKENS_FILE=$tokens_file taskset -c 1 wrk -t1 -c"$conns" -d"${secs}s" -s benches/load/wrk.lua \
+        -H "Authorization: Bearer $tok" "$url")
+    local after; after=$(cpu_ticks "$@")
+    python3 - "$before" "$after" "$hz" "$(rss_mib "$@")" <<PY
+import sys
+before, after, hz, rss = map(float, sys.argv[1:])
+line = [l for l in """$out""".splitlines() if l.startswith("RESULT")][0].split()
+rps, p50, p99, p999, n, errors = float(line[1]), line[2], line[3], line[4], int(line[5]), int(line[6])
+if errors:
+    sys.exit(f"$url: {errors} errors or non-2xx responses")
+print(f"{rps:.0f} {p50} {p99} {p999} {(after - before) / hz * 1e6 / n:.1f} {rss:.0f}")
+PY
+}
+
+declare -A results
+scenarios=(direct nginx haproxy none hap_hs256 hap_es256 full1 full1000)
+for r in $(seq 1 "$rounds"); do
+    results[direct]+="$(run "http://127.0.0.1:$echo_port/x" "$token" "" "$echo_pid")"$'\n'
+    results[nginx]+="$(run "http://127.0.0.1:$nginx_port/x" "$token" "" $nginx_pids)"$'\n'
+    results[haproxy]+="$(run "http://127.0.0.1:$HAPROXY_PLAIN_PORT/x" "$token" "" "$haproxy_pid")"$'\n'
+    results[none]+="$(run "http://127.0.0.1:$gw/open/x" "$token" "" "$gateway_pid")"$'\n'
+    results[hap_hs256]+="$(run "http://127.0.0.1:$HAPROXY_HS256_PORT/x" "$token_hs" "" "$haproxy_pid")"$'\n'
+    results[hap_es256]+="$(run "http://127.0.0.1:$HAPROXY_ES256_PORT/x" "$token_es" "" "$haproxy_pid")"$'\n'
+    results[full1]+="$(run "http://127.0.0.1:$gw/full/x" "$token" "" "$gateway_pid" "$redis_pid")"$'\n'
+    results[full1000]+="$(run "http://127.0.0.1:$gw/full/x" "$token" "$work/tokens-1000" "$gateway_pid" "$redis_pid")"$'\n'
+done
+
+{
+    for k in "${scenarios[@]}"; do printf '%s\n%s@@\n' "$k" "${results[$k]}"; done
+} > "$work/results"
+python3 benches/load/report.py "$work/results" "$secs" "$rounds" "$conns" "$redis_core" | tee docs/benchmarks.md
