@@ -14,6 +14,7 @@ for block in blocks:
         continue
     name, runs = lines[0], [list(map(float, l.split())) for l in lines[1:]]
     med[name] = [statistics.median(col) for col in zip(*runs)]
+held = med.pop("held", None)
 
 
 def version(cmd):
@@ -69,6 +70,9 @@ none = med["none"][0]
 for key in ("haproxy", "nginx"):
     ratio = none / med[key][0]
     print(f"- gateway `auth: none` vs {names[key][3:]}: **{ratio:.2f}** (target ≥ 1.00: {'met' if ratio >= 1 else 'NOT met'})")
+if held:
+    print(f"- RSS with 1,000 client connections held open: gateway **{held[0]:.0f} MiB** "
+          f"(target ≤ 64 MiB: {'met' if held[0] <= 64 else 'NOT met'}), HAProxy {held[1]:.0f} MiB")
 print()
 print("Scenario 5 (nginx + Lua verifying a JWT and taking a Redis token bucket) is not run yet: Debian "
       "ships the Lua module but neither lua-resty-redis nor an HMAC/JWT library; see benches/README.md.")

@@ -145,7 +145,20 @@ for r in $(seq 1 "$rounds"); do
     results[full1000]+="$(run "http://127.0.0.1:$gw/full/x" "$token" "$work/tokens-1000" "$gateway_pid" "$redis_pid")"$'\n'
 done
 
+# RSS with 1,000 client connections held open (each served one request).
+rss_held() {
+    local pid=$1 port=$2 path=$3
+    coproc HOLD { python3 benches/load/hold_connections.py 127.0.0.1 "$port" 1000 "$path" "$token"; }
+    read -r _ <&"${HOLD[0]}"
+    rss_mib "$pid"
+    eval "exec ${HOLD[1]}>&-"
+    wait "$HOLD_PID" 2>/dev/null || true
+}
+held_gateway=$(rss_held "$gateway_pid" "$gw" /full/x)
+held_haproxy=$(rss_held "$haproxy_pid" "$HAPROXY_PLAIN_PORT" /x)
+
 {
     for k in "${scenarios[@]}"; do printf '%s\n%s@@\n' "$k" "${results[$k]}"; done
+    printf 'held\n%s %s\n@@\n' "$held_gateway" "$held_haproxy"
 } > "$work/results"
 python3 benches/load/report.py "$work/results" "$secs" "$rounds" "$conns" "$redis_core" | tee docs/benchmarks.md
