@@ -50,6 +50,11 @@ async fn wait_for(url: &str, http: &reqwest::Client, ok: impl Fn(u16, &str) -> b
     panic!("{url} never became ready");
 }
 
+/// POSTs a JSON body and returns the JSON answer.
+async fn post_json(http: &reqwest::Client, url: &str, body: Value) -> Value {
+    http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
+}
+
 fn spawn(args: &[&str], config: &Path) -> Child {
     Command::new(binary())
         .args(args)
@@ -139,16 +144,12 @@ async fn run(events: usize) {
     let login = |email: String| {
         let (http, base) = (http.clone(), admin_base.clone());
         async move {
-            let body = json!({"email": email, "password": PASSWORD});
-            let r: Value = http
-                .post(format!("{base}/auth/login"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let r = post_json(
+                &http,
+                &format!("{base}/auth/login"),
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
             (r["access_token"].as_str().unwrap().to_owned(), r["refresh_token"].as_str().unwrap().to_owned())
         }
     };
@@ -158,15 +159,8 @@ async fn run(events: usize) {
     let mut logouts = Vec::new();
     for n in 0..events {
         let email = format!("user{n}@example.com");
-        let user: Value = http
-            .post(format!("{admin_base}/auth/signup"))
-            .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = json!({"email": email, "password": PASSWORD});
+        let user = post_json(&http, &format!("{admin_base}/auth/signup"), body).await;
         let (access, refresh) = login(email).await;
         for g in &gateways {
             assert_eq!(http.get(g).bearer_auth(&access).send().await.unwrap().status(), 200);

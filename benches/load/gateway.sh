@@ -17,25 +17,10 @@ secs=${1:-10}
 rounds=${2:-3}
 conns=${3:-64}
 
-missing=()
-for tool in wrk taskset curl python3 redis-server redis-cli; do command -v "$tool" >/dev/null || missing+=("$tool"); done
-if ((${#missing[@]})); then
-    echo "missing: ${missing[*]} (Debian: apt-get install wrk util-linux curl python3 redis-server)" >&2
-    exit 1
-fi
+source benches/load/common.sh
+require wrk taskset curl python3 redis-server redis-cli
 cargo build --release -q -p bouncer
 bin=target/release/bouncer
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port); redis_port=$(port)
 cat > "$work/routes.yaml" <<YAML
 upstreams:

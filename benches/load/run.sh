@@ -14,28 +14,11 @@ rounds=${2:-3}
 conns=${3:-64}
 redis_core=${REDIS_CORE:-1}
 
-missing=()
-for tool in wrk taskset curl python3 redis-server redis-cli haproxy nginx openssl; do
-    command -v "$tool" >/dev/null || missing+=("$tool")
-done
-if ((${#missing[@]})); then
-    echo "missing: ${missing[*]} (Debian: apt-get install wrk util-linux curl python3 redis-server haproxy nginx-light openssl)" >&2
-    exit 1
-fi
+source benches/load/common.sh
+require wrk taskset curl python3 redis-server redis-cli haproxy nginx openssl
 cargo build --release -q -p bouncer -p bouncer-benches --bin bouncer --bin mint_tokens
 bin=target/release/bouncer
 mint=target/release/mint_tokens
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port); redis_port=$(port)
 export ECHO_PORT=$echo_port HAPROXY_PLAIN_PORT=$(port) HAPROXY_HS256_PORT=$(port) HAPROXY_ES256_PORT=$(port)
 nginx_port=$(port)

@@ -102,6 +102,9 @@ enum Segment {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     pub spec: RouteSpec,
+    /// `spec.rate_limit` in the form the bucket arithmetic uses, converted
+    /// once at load rather than on every request.
+    pub limit: Option<crate::bucket::Limit>,
     segments: Vec<Segment>,
     /// Upper-case methods; empty means every method.
     methods: Vec<String>,
@@ -287,7 +290,16 @@ impl RouteTable {
             }
             let leading_literals = segments.iter().take_while(|s| matches!(s, Segment::Literal(_))).count();
             let wildcards = segments.iter().filter(|s| !matches!(s, Segment::Literal(_))).count();
-            routes.push(Route { spec, segments, methods, leading_literals, wildcards, file_index: index });
+            let limit = spec.rate_limit.as_ref().map(crate::bucket::Limit::of);
+            routes.push(Route {
+                spec,
+                limit,
+                segments,
+                methods,
+                leading_literals,
+                wildcards,
+                file_index: index,
+            });
         }
         // An identical pattern with overlapping methods can never be reached
         // after the first: refuse rather than silently shadow it.

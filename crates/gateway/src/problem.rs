@@ -25,6 +25,17 @@ impl Denial {
         self
     }
 
+    /// 401 for a request that sent no credential: the challenge without an
+    /// `error` attribute (RFC 6750 §3.1).
+    pub fn no_token() -> Self {
+        Self::new(
+            ProblemKind::UNAUTHENTICATED,
+            "Send an access token as 'Authorization: Bearer <token>'.",
+            "no_token",
+        )
+        .with("www-authenticate", "Bearer realm=\"bouncer\"")
+    }
+
     /// 401 with the RFC 6750 challenge.
     pub fn invalid_token(detail: &'static str, decision: &'static str) -> Self {
         Self::new(ProblemKind::INVALID_TOKEN, detail, decision)

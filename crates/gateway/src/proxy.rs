@@ -410,14 +410,7 @@ impl Gateway {
         let caller = subject.as_deref().zip(ctx.identity.as_ref().map(|c| c.roles.as_slice()));
         match route.authorize(caller, &params) {
             Access::Allowed => {}
-            Access::Unauthenticated => {
-                return Err(Denial::new(
-                    ProblemKind::UNAUTHENTICATED,
-                    "Send an access token as 'Authorization: Bearer <token>'.",
-                    "no_token",
-                )
-                .with("www-authenticate", "Bearer realm=\"bouncer\""));
-            }
+            Access::Unauthenticated => return Err(Denial::no_token()),
             Access::Forbidden => {
                 return Err(Denial::new(
                     ProblemKind::FORBIDDEN,
@@ -429,8 +422,7 @@ impl Gateway {
 
         // 7. Rate limit: one bucket per route and key value, shared by every
         // replica when Redis is configured.
-        if let Some(spec) = &route.spec.rate_limit {
-            let limit = Limit::of(spec);
+        if let (Some(spec), Some(limit)) = (&route.spec.rate_limit, route.limit) {
             let bucket = bucket_key(route.name(), spec.key, ctx.identity.as_deref(), ctx.client_ip);
             match self.limiter.check(&bucket, &limit).await {
                 Verdict::Checked(decision) => {
@@ -492,16 +484,7 @@ impl Gateway {
             ));
         }
         let Some(value) = header else {
-            return if required {
-                Err(Denial::new(
-                    ProblemKind::UNAUTHENTICATED,
-                    "Send an access token as 'Authorization: Bearer <token>'.",
-                    "no_token",
-                )
-                .with("www-authenticate", "Bearer realm=\"bouncer\""))
-            } else {
-                Ok(None)
-            };
+            return if required { Err(Denial::no_token()) } else { Ok(None) };
         };
         let token = value
             .to_str()

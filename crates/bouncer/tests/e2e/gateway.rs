@@ -10,7 +10,9 @@ use tokio::process::{Child, Command};
 
 use bouncer_shared_state::testing::RedisServer;
 
-use crate::harness::{Admin, BIN, Backend, PASSWORD, expect_json, expect_problem, free_port};
+use crate::harness::{
+    Admin, BIN, Backend, PASSWORD, expect_json, expect_problem, free_port, signal, wait_for_port,
+};
 
 struct Stack {
     /// Private Redis: the gateway learns revocations through it.
@@ -43,16 +45,6 @@ routes:
   - { name: mixed, path: /mixed/**, upstream: mixed, auth: none }
   - { name: slow, path: /slow/**, upstream: slow, auth: none }
 "#;
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listened on port {port} within 10 s");
-}
 
 impl Stack {
     async fn start() -> Self {
@@ -502,8 +494,7 @@ async fn ctrl_c_lets_in_flight_requests_finish() {
     let url = s.url("/slow/x");
     let in_flight = tokio::spawn(async move { http.get(url).send().await });
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let pid = s.gateway.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    signal(&s.gateway, "INT");
     let answer = in_flight.await.unwrap().expect("the in-flight request gets its answer, not a reset");
     assert_eq!(answer.status(), 504);
     let status =

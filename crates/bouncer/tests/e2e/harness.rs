@@ -195,16 +195,21 @@ impl Admin {
 
     /// The value of a metric line (name with labels), or 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
+        metric_value(&self.get("/metrics").await.text().await.unwrap(), series)
     }
 }
 
-fn signal(child: &Child, name: &str) {
-    let pid = child.id().expect("admin has a pid").to_string();
+/// The value of a metric line (name with labels) in Prometheus text, or 0.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// Sends signal `name` (`TERM`, `INT`, `HUP`) to a child process.
+pub fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("the process is running").to_string();
     let ok = std::process::Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success();
     assert!(ok, "kill -{name} {pid} failed");
 }
@@ -228,6 +233,17 @@ pub async fn run_cli(config: &Path, args: &[&str], stdin: Option<&str>) -> std::
         drop(pipe);
     }
     child.wait_with_output().await.unwrap()
+}
+
+/// Waits until something listens on `port` (10 s at most).
+pub async fn wait_for_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("nothing listened on port {port} within 10 s");
 }
 
 /// A port nobody listens on right now (bound and released; tests start their

@@ -16,7 +16,9 @@ use bouncer_shared_state::testing::{RedisCluster, RedisServer};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::harness::{Admin, BIN, Backend, PASSWORD, expect_json, free_port};
+use crate::harness::{
+    Admin, BIN, Backend, PASSWORD, expect_json, free_port, metric_value, signal, wait_for_port,
+};
 
 const ROUTES: &str = r#"
 upstreams:
@@ -44,16 +46,6 @@ struct Replicas {
     redis_url: String,
     routes: std::path::PathBuf,
     http: reqwest::Client,
-}
-
-async fn wait_for_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("nothing listened on port {port} within 10 s");
 }
 
 impl Replicas {
@@ -131,10 +123,7 @@ impl Replicas {
     async fn metric(&self, gateway: &Gateway, series: &str) -> f64 {
         let text =
             self.http.get(format!("{}/metrics", gateway.metrics)).send().await.unwrap().text().await.unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0.0)
+        metric_value(&text, series)
     }
 
     /// Status of GET `path` with `token` on every replica.
@@ -158,6 +147,13 @@ impl Replicas {
             assert!(started.elapsed() < limit, "replicas answered {got:?}, not all {want}, after {limit:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// The newest `gateway.denied` audit events, read with an admin token.
+    async fn denials(&self, admin_token: &str) -> Vec<Value> {
+        let path = "/admin/audit?action=gateway.denied&limit=100";
+        let page = expect_json(self.admin.get_bearer(path, admin_token).await, 200).await;
+        page["items"].as_array().expect("an items array").clone()
     }
 
     /// An admin (made with the CLI) and their access token.
@@ -296,12 +292,7 @@ async fn bans_and_logouts_reach_every_replica_within_a_second_and_denials_are_au
     // The 401s and 403s above reach the audit log as gateway.denied.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let page = expect_json(
-            replicas.admin.get_bearer("/admin/audit?action=gateway.denied&limit=100", &root).await,
-            200,
-        )
-        .await;
-        let items = page["items"].as_array().unwrap();
+        let items = replicas.denials(&root).await;
         let statuses: Vec<u64> = items.iter().filter_map(|e| e["details"]["status"].as_u64()).collect();
         let forbidden = statuses.iter().filter(|&&s| s == 403).count();
         let unauthorized = statuses.iter().filter(|&&s| s == 401).count();
@@ -325,25 +316,15 @@ async fn rate_limit_denials_are_folded_per_minute_and_flushed_on_shutdown() {
     assert!(refused > 10, "some requests must be refused ({refused})");
     // A graceful stop ships what the replica was still folding.
     let gateway = &mut replicas.gateways[0];
-    let pid = gateway.child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    signal(&gateway.child, "TERM");
     tokio::time::timeout(Duration::from_secs(10), gateway.child.wait())
         .await
         .expect("stops in time")
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let page = expect_json(
-            replicas.admin.get_bearer("/admin/audit?action=gateway.denied&limit=100", &root).await,
-            200,
-        )
-        .await;
-        let folded: Vec<&Value> = page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["details"]["status"] == json!(429))
-            .collect();
+        let items = replicas.denials(&root).await;
+        let folded: Vec<&Value> = items.iter().filter(|e| e["details"]["status"] == json!(429)).collect();
         let total: u64 = folded.iter().map(|e| e["details"]["count"].as_u64().unwrap()).sum();
         if total == refused {
             assert!(folded.len() <= 2, "one event per bucket and minute, got {}", folded.len());

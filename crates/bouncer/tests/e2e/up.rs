@@ -8,7 +8,7 @@ use std::{
 use serde_json::json;
 use tokio::process::Command;
 
-use crate::harness::{BIN, PASSWORD, expect_json, expect_problem, free_port, run_cli};
+use crate::harness::{BIN, PASSWORD, expect_json, expect_problem, free_port, run_cli, signal};
 
 /// Polls `check` until it returns true or `limit` passes; returns how long it took.
 async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
@@ -184,8 +184,7 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     let relogin = json!({"email": "root@example.com", "password": PASSWORD});
     expect_json(http.post(format!("{gw}/auth/login")).json(&relogin).send().await.unwrap(), 200).await;
     // Ctrl-C stops as gracefully as SIGTERM (pingora alone would exit at once).
-    let pid = again.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    signal(&again, "INT");
     let status = tokio::time::timeout(Duration::from_secs(15), again.wait()).await.expect("exits").unwrap();
     assert!(status.success(), "exit status {status}");
     let verify = run_cli(&config, &["audit", "verify"], None).await;
