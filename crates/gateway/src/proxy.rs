@@ -40,6 +40,7 @@ use ipnet::IpNet;
 use pingora::{
     ErrorSource, ErrorType,
     http::{RequestHeader, ResponseHeader},
+    modules::http::HttpModules,
     prelude::HttpPeer,
     proxy::{FailToProxy, ProxyHttp, Session},
 };
@@ -138,6 +139,11 @@ pub struct RequestCtx {
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
+
+    // No downstream modules: pingora's default is a compression module that
+    // is disabled yet still set up and consulted on every request, and the
+    // gateway never compresses (the upstream's encoding passes through).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
