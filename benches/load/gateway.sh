@@ -19,8 +19,8 @@ conns=${3:-64}
 
 source benches/load/common.sh
 require wrk taskset curl python3 redis-server redis-cli
-cargo build --release -q -p bouncer
-bin=target/release/bouncer
+cargo build --profile production -q -p bouncer
+bin=target/production/bouncer
 admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port); redis_port=$(port)
 cat > "$work/routes.yaml" <<YAML
 upstreams:
