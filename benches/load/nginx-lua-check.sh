@@ -25,7 +25,7 @@ fill() {
     mkdir -p "$work/$1"
     sed -e "s#route = \"full\"#route = \"$1\"#" -e "s#@WORK@#$work/$1#g" -e "s#@LUA_DIR@#$PWD/benches/load/peers/nginx-lua#g" \
         -e "s#@NGINX_LUA_PORT@#$2#g" -e "s#@ECHO_PORT@#$echo_port#g" -e "s#@REDIS_PORT@#$redis_port#g" \
-        -e "s#@BURST@#$3#g" -e "s#@PER_SECOND@#$4#g" \
+        -e "s#@BUCKET_SCRIPT@#$PWD/crates/shared-state/src/bucket.lua#g" -e "s#@BURST@#$3#g" -e "s#@PER_SECOND@#$4#g" \
         benches/load/peers/nginx-lua.conf > "$work/$1/nginx-lua.conf"
 }
 fill bench "$lua_port" 1000000 1000000

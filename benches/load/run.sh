@@ -77,7 +77,7 @@ sed -e "s#@WORK@#$work#g" -e "s#@ECHO_PORT@#$echo_port#g" -e "s#@NGINX_PLAIN_POR
 # The nginx + Lua peer's bucket is as generous as the gateway's (never refuses).
 sed -e "s#@WORK@#$work#g" -e "s#@LUA_DIR@#$PWD/benches/load/peers/nginx-lua#g" \
     -e "s#@NGINX_LUA_PORT@#$nginx_lua_port#g" -e "s#@ECHO_PORT@#$echo_port#g" -e "s#@REDIS_PORT@#$redis_port#g" \
-    -e "s#@BURST@#1000000#g" -e "s#@PER_SECOND@#1000000#g" \
+    -e "s#@BUCKET_SCRIPT@#$PWD/crates/shared-state/src/bucket.lua#g" -e "s#@BURST@#1000000#g" -e "s#@PER_SECOND@#1000000#g" \
     benches/load/peers/nginx-lua.conf > "$work/nginx-lua.conf"
 
 export RUST_LOG=warn

@@ -20,38 +20,28 @@ local concat, type, ceil, max, floor = table.concat, type, math.ceil, math.max, 
 
 local _M = {}
 
--- The bucket, in GCRA form as the gateway keeps it (crates/core/src/bucket.rs
--- and the gateway's BUCKET_SCRIPT): one integer per bucket, the
--- "theoretical arrival time" (TAT, µs) at which the bucket is full again.
--- A request is admitted when moving the TAT one interval ahead keeps it
--- within `capacity` (burst × interval) of now. Redis's clock is used, so
--- every nginx sharing the Redis shares one timeline, and the key expires
--- when the bucket would be full anyway: idle subjects cost nothing.
--- KEYS[1] bucket; ARGV[1] interval µs; ARGV[2] capacity µs.
--- Returns { 1 admitted | 0 refused, µs the TAT runs ahead of now }.
-local BUCKET_SCRIPT = [[
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now then tat = now end
-local next_tat = tat + interval
-if next_tat - now > capacity then
-  return {0, tat - now}
+-- The bucket, in GCRA form as the gateway keeps it (crates/core/src/bucket.rs):
+-- one integer per bucket, the "theoretical arrival time" (TAT, µs) at which
+-- the bucket is full again. The Redis script is the gateway's own file
+-- (crates/shared-state/src/bucket.lua, path in opts.bucket_script), so both
+-- pay for exactly the same work: Redis's clock, one GET and one SET with a
+-- TTL. KEYS[1] bucket; ARGV[1] interval µs; ARGV[2] capacity µs. Returns
+-- { 1 admitted | 0 refused, µs the TAT runs ahead of now }.
+local function read_script(path)
+    local file = assert(io.open(path, "r"), "cannot read the bucket script " .. tostring(path))
+    local text = file:read("*a")
+    file:close()
+    return text
 end
-redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000))
-return {1, next_tat - now}
-]]
 
 local verifier, take, key_head, interval_us, capacity_us
 
 -- configure{ secret, issuer, audience, redis_host, redis_port, prefix,
---            route, burst, per_second }
+--            route, burst, per_second, bucket_script }
 function _M.configure(opts)
     verifier = jwt.new(opts)
     local client = redis.new({ host = opts.redis_host, port = opts.redis_port })
-    take = client:script(BUCKET_SCRIPT)
+    take = client:script(read_script(opts.bucket_script))
     -- Keys as the gateway spells them, PREFIX rl:{ROUTE:user:SUB}: the
     -- route name keeps two differently limited servers sharing a Redis
     -- (and prefix) out of each other's buckets; the braces are a Redis
