@@ -22,3 +22,36 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_stack BIN REDIS_CORE: writes $work/bouncer.yaml for the ports in
+# $admin $gw $metrics $echo_port $redis_port (routes: $work/routes.yaml, the
+# caller's), then starts a private redis-server on core REDIS_CORE and
+# `bouncer echo`, `bouncer admin` and `bouncer gateway` on core 0. Sets
+# redis_pid, echo_pid and gateway_pid; readiness is the caller's to wait for.
+start_stack() {
+    local bin=$1 redis_core=$2 issuer=http://127.0.0.1:$admin
+    cat > "$work/bouncer.yaml" <<YAML
+admin:
+  listen: 127.0.0.1:$admin
+  database: sqlite://$work/b.db
+  keys_dir: $work/keys
+  issuer: $issuer
+gateway:
+  listen: 127.0.0.1:$gw
+  metrics_listen: 127.0.0.1:$metrics
+  routes: $work/routes.yaml
+  jwks_url: $issuer/.well-known/jwks.json
+  issuer: $issuer
+redis: redis://127.0.0.1:$redis_port
+YAML
+    export RUST_LOG=warn
+    taskset -c "$redis_core" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        >"$work/redis.log" 2>&1 & pids+=($!)
+    redis_pid=$!
+    for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    taskset -c 0 "$bin" echo --listen "127.0.0.1:$echo_port" 2>"$work/echo.log" & pids+=($!)
+    echo_pid=$!
+    taskset -c 0 "$bin" admin --config "$work/bouncer.yaml" 2>"$work/admin.log" & pids+=($!)
+    taskset -c 0 "$bin" gateway --config "$work/bouncer.yaml" 2>"$work/gateway.log" & pids+=($!)
+    gateway_pid=$!
+}

@@ -38,27 +38,8 @@ routes:
     roles: [user, admin]
     rate_limit: { key: user, burst: 1000000, per_second: 1000000 }
 YAML
-cat > "$work/bouncer.yaml" <<YAML
-admin:
-  listen: 127.0.0.1:$admin
-  database: sqlite://$work/b.db
-  keys_dir: $work/keys
-  issuer: http://127.0.0.1:$admin
-gateway:
-  listen: 127.0.0.1:$gw
-  metrics_listen: 127.0.0.1:$metrics
-  routes: $work/routes.yaml
-  jwks_url: http://127.0.0.1:$admin/.well-known/jwks.json
-  issuer: http://127.0.0.1:$admin
-redis: redis://127.0.0.1:$redis_port
-YAML
 
-export RUST_LOG=warn
-taskset -c "${REDIS_CORE:-1}" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
-for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-taskset -c 0 "$bin" admin --config "$work/bouncer.yaml" 2>"$work/admin.log" & pids+=($!)
-taskset -c 0 "$bin" echo --listen "127.0.0.1:$echo_port" 2>"$work/echo.log" & pids+=($!)
-taskset -c 0 "$bin" gateway --config "$work/bouncer.yaml" 2>"$work/gateway.log" & pids+=($!)
+start_stack "$bin" "${REDIS_CORE:-1}"
 for _ in $(seq 1 100); do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'authorization: Bearer x' "http://127.0.0.1:$gw/api/x" || true)
     [[ $code == 401 ]] && break

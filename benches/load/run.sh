@@ -58,20 +58,6 @@ routes:
     roles: [user]
     rate_limit: { key: user, burst: 1000000, per_second: 1000000 }
 YAML
-cat > "$work/bouncer.yaml" <<YAML
-admin:
-  listen: 127.0.0.1:$admin
-  database: sqlite://$work/b.db
-  keys_dir: $work/keys
-  issuer: $ISSUER
-gateway:
-  listen: 127.0.0.1:$gw
-  metrics_listen: 127.0.0.1:$metrics
-  routes: $work/routes.yaml
-  jwks_url: $ISSUER/.well-known/jwks.json
-  issuer: $ISSUER
-redis: redis://127.0.0.1:$redis_port
-YAML
 sed -e "s#@WORK@#$work#g" -e "s#@ECHO_PORT@#$echo_port#g" -e "s#@NGINX_PLAIN_PORT@#$nginx_port#g" \
     benches/load/peers/nginx.conf > "$work/nginx.conf"
 # The nginx + Lua peer's bucket is as generous as the gateway's (never refuses).
@@ -80,15 +66,7 @@ sed -e "s#@WORK@#$work#g" -e "s#@LUA_DIR@#$PWD/benches/load/peers/nginx-lua#g" \
     -e "s#@BUCKET_SCRIPT@#$PWD/crates/shared-state/src/bucket.lua#g" -e "s#@BURST@#1000000#g" -e "s#@PER_SECOND@#1000000#g" \
     benches/load/peers/nginx-lua.conf > "$work/nginx-lua.conf"
 
-export RUST_LOG=warn
-taskset -c "$redis_core" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 & pids+=($!)
-redis_pid=$!
-taskset -c 0 "$bin" echo --listen "127.0.0.1:$echo_port" 2>"$work/echo.log" & pids+=($!)
-echo_pid=$!
-taskset -c 0 "$bin" admin --config "$work/bouncer.yaml" 2>"$work/admin.log" & pids+=($!)
-for _ in $(seq 1 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-taskset -c 0 "$bin" gateway --config "$work/bouncer.yaml" 2>"$work/gateway.log" & pids+=($!)
-gateway_pid=$!
+start_stack "$bin" "$redis_core"
 # The gateway's floor (pingora deciding nothing, set up as the gateway sets
 # it up) and the same plain proxying written on hyper: where the cost is.
 taskset -c 0 target/production/pingora_floor "127.0.0.1:$floor_port" "127.0.0.1:$echo_port" 2>"$work/floor.log" & pids+=($!)

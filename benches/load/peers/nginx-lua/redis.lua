@@ -64,26 +64,21 @@ local function read_reply(sock)
         return nil, sub(line, 2), "redis"
     elseif kind == COLON then
         return tonumber(sub(line, 2))
-    elseif kind == DOLLAR then
+    elseif kind == DOLLAR or kind == STAR then
+        -- A length first: -1 is the nil bulk string or nil array.
         local n = tonumber(sub(line, 2))
         if not n then
-            return nil, "bad bulk length: " .. line
+            return nil, "bad length: " .. line
         end
         if n < 0 then
             return null
         end
-        local data, rerr = sock:receive(n + 2)   -- the payload and its CRLF
-        if not data then
-            return nil, rerr
-        end
-        return sub(data, 1, n)
-    elseif kind == STAR then
-        local n = tonumber(sub(line, 2))
-        if not n then
-            return nil, "bad array length: " .. line
-        end
-        if n < 0 then
-            return null
+        if kind == DOLLAR then
+            local data, rerr = sock:receive(n + 2)   -- the payload and its CRLF
+            if not data then
+                return nil, rerr
+            end
+            return sub(data, 1, n)
         end
         local items = {}
         for k = 1, n do
