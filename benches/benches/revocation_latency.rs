@@ -114,7 +114,8 @@ async fn run(events: usize) {
         .unwrap();
         _children.push(spawn(&["gateway"], &config));
         wait_for(&format!("http://127.0.0.1:{metrics}/metrics"), &http, |s, body| {
-            s == 200 && body.contains("bouncer_gateway_revocations_ready 1")
+            // The series line, not its HELP line ("…_ready 1 once…").
+            s == 200 && body.lines().any(|l| l == "bouncer_gateway_revocations_ready 1")
         })
         .await;
         gateways.push(format!("http://127.0.0.1:{listen}/api/x"));

@@ -11,7 +11,8 @@ use tokio::process::{Child, Command};
 use bouncer_shared_state::testing::RedisServer;
 
 use crate::harness::{
-    Admin, BIN, Backend, PASSWORD, expect_json, expect_problem, free_port, signal, wait_for_port,
+    Admin, BIN, Backend, PASSWORD, expect_json, expect_problem, free_port, metric_value, signal,
+    wait_for_port,
 };
 
 struct Stack {
@@ -117,7 +118,8 @@ impl Stack {
             let r = stack.http.get(stack.url("/api/orders/x")).bearer_auth("x").send().await.unwrap();
             let metrics = stack.http.get(format!("{}/metrics", stack.metrics_base)).send().await.unwrap();
             let metrics = metrics.text().await.unwrap();
-            if r.status() != 503 && metrics.contains("bouncer_gateway_revocations_ready 1") {
+            // The series itself: its HELP line also says "…_ready 1 once…".
+            if r.status() != 503 && metric_value(&metrics, "bouncer_gateway_revocations_ready") == 1.0 {
                 return stack;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
