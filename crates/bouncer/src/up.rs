@@ -14,7 +14,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bouncer_admin::{AppState, shared};
 use bouncer_core::{claims::LEEWAY, config::Config};
-use bouncer_gateway::{SharedState, revocations::RevocationSet};
+use bouncer_gateway::{SharedState, drain::Finishing, revocations::RevocationSet};
 use bouncer_shared_state::{
     InProcessBus, Redis, RevocationBus,
     denials::{DenialSource, InProcessDenials},
@@ -65,6 +65,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("upstream {ECHO_UPSTREAM:?} must be an ip:port to serve it: {e}"))?;
     let revocations = gateway.revocations.clone();
     let drain = gateway.drain.clone();
+    // In-process denials are written by this admin: the stop waits for it to
+    // write the gateway's last flush (the channel closes after it).
+    let denial_source = denial_source.map(|source| (source, drain.finishing()));
     let mut server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     let admin = Admin { config: config.clone(), bus, set: revocations, denials: Mutex::new(denial_source) };
     server.add_service(background_service("admin", admin));
@@ -80,7 +83,7 @@ struct Admin {
     bus: Arc<dyn RevocationBus>,
     set: Arc<RevocationSet>,
     /// In-process denials from the gateway; `None` when they go via Redis.
-    denials: Mutex<Option<DenialSource>>,
+    denials: Mutex<Option<(DenialSource, Finishing)>>,
 }
 
 #[async_trait]
@@ -95,18 +98,22 @@ impl BackgroundService for Admin {
             for r in store.revocations_since(horizon).await? {
                 self.set.apply(&r);
             }
-            let denials = match self.denials.lock().await.take() {
-                Some(source) => source,
+            let (denials, finishing) = match self.denials.lock().await.take() {
+                Some((source, finishing)) => (source, Some(finishing)),
                 // Shared state on Redis: this admin consumes the stream like
                 // any admin replica, and keeps the revocation record current.
                 None => {
                     let redis = Redis::connect(self.config.redis.as_deref().unwrap_or_default(), &self.config.redis_prefix)?;
                     let keep = shared::revocation_keep(&admin);
                     tokio::spawn(shared::keep_revocations_recorded(self.bus.clone(), store.clone(), keep));
-                    DenialSource::redis(&redis, &crate::cli::consumer_name(admin.listen)).await?
+                    (DenialSource::redis(&redis, &crate::cli::consumer_name(admin.listen)).await?, None)
                 }
             };
-            tokio::spawn(shared::record_denials(denials, store.clone()));
+            let recording = shared::record_denials(denials, store.clone());
+            tokio::spawn(async move {
+                recording.await;
+                drop(finishing);
+            });
             if self.config.redis.is_none() {
                 // In-process, the set is complete now; on Redis the
                 // gateway's own snapshot decides.

@@ -4,6 +4,12 @@
 //! SIGINT the gateway drains: requests keep being served but every response
 //! closes its connection, and the stop proceeds as soon as no request is in
 //! flight — or when `shutdown_grace` runs out.
+//!
+//! Once pingora has the signal it cancels every task at its next await, a
+//! half-sent Redis write included. So work that must outlive the requests
+//! (the denial shipper's last flush, and in `bouncer up` the admin writing
+//! it to the audit log) holds a [`Finishing`] guard: after the requests are
+//! over, the stop waits for those guards too, for at most [`FINISH_WAIT`].
 
 use std::{
     sync::{
@@ -15,18 +21,39 @@ use std::{
 
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+
+/// Longest the stop waits for [`Finishing`] work once requests are over.
+pub const FINISH_WAIT: Duration = Duration::from_secs(5);
 
 /// Requests in flight, and whether the gateway is draining.
-#[derive(Default)]
 pub struct Drain {
     in_flight: AtomicUsize,
     draining: AtomicBool,
     idle: Notify,
+    /// True once no request is in flight any more (or the grace ran out).
+    requests_over: watch::Sender<bool>,
+    /// Live [`Finishing`] guards.
+    finishing: watch::Sender<usize>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
+            requests_over: watch::Sender::new(false),
+            finishing: watch::Sender::new(0),
+        }
+    }
 }
 
 /// Held by each request's context; counts it as in flight until dropped.
 pub struct InFlight(Arc<Drain>);
+
+/// Held by background work the stop must wait for; see the module docs.
+pub struct Finishing(Arc<Drain>);
 
 impl Drain {
     pub fn enter(self: &Arc<Self>) -> InFlight {
@@ -36,6 +63,33 @@ impl Drain {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Makes the stop wait for the returned guard, after the requests.
+    pub fn finishing(self: &Arc<Self>) -> Finishing {
+        self.finishing.send_modify(|n| *n += 1);
+        Finishing(self.clone())
+    }
+
+    /// Resolves once the stop is under way and no request is in flight:
+    /// the moment for [`Finishing`] work to wrap up.
+    pub async fn requests_over(&self) {
+        let mut over = self.requests_over.subscribe();
+        let _ = over.wait_for(|over| *over).await;
+    }
+
+    /// Drains the requests, then waits (up to `wait`) for finishing work.
+    async fn stop(&self, grace: Duration, wait: Duration) {
+        self.drain(grace).await;
+        self.requests_over.send_replace(true);
+        let mut finishing = self.finishing.subscribe();
+        let done = finishing.wait_for(|n| *n == 0);
+        if tokio::time::timeout(wait, done).await.is_err() {
+            tracing::warn!(
+                pending = *self.finishing.borrow(),
+                "background work did not finish in time (gateway denials may be lost); stopping anyway"
+            );
+        }
     }
 
     /// Starts draining and waits until nothing is in flight, or `grace`.
@@ -56,6 +110,12 @@ impl Drain {
                 "grace period over; stopping anyway"
             );
         }
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.0.finishing.send_modify(|n| *n -= 1);
     }
 }
 
@@ -90,7 +150,7 @@ impl ShutdownSignalWatch for Signals {
             _ = int.recv() => {}
         }
         tracing::info!("stop requested; finishing in-flight requests");
-        self.drain.drain(self.grace).await;
+        self.drain.stop(self.grace, FINISH_WAIT).await;
         ShutdownSignal::GracefulTerminate
     }
 }
@@ -116,5 +176,47 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), Drain::default().drain(Duration::from_secs(10)))
             .await
             .expect("an idle gateway stops at once");
+    }
+
+    #[tokio::test]
+    async fn the_stop_waits_for_finishing_work_after_the_requests() {
+        let drain = Arc::new(Drain::default());
+        let request = drain.enter();
+        let work = drain.finishing();
+        let flushed = Arc::new(AtomicBool::new(false));
+        // Like the denial shipper: flush once the requests are over.
+        tokio::spawn({
+            let (drain, flushed) = (drain.clone(), flushed.clone());
+            async move {
+                drain.requests_over().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                flushed.store(true, Ordering::Release);
+                drop(work);
+            }
+        });
+        let stopping = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.stop(Duration::from_secs(10), Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!flushed.load(Ordering::Acquire), "finishing work must wait for the request in flight");
+        drop(request);
+        tokio::time::timeout(Duration::from_secs(1), stopping)
+            .await
+            .expect("stops once the work is done")
+            .unwrap();
+        assert!(flushed.load(Ordering::Acquire), "the stop returned before the finishing work was done");
+    }
+
+    #[tokio::test]
+    async fn finishing_work_that_hangs_delays_the_stop_by_the_wait_only() {
+        let drain = Arc::new(Drain::default());
+        let _stuck = drain.finishing();
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            drain.stop(Duration::from_secs(10), Duration::from_millis(100)),
+        )
+        .await
+        .expect("the wait bounds the stop");
     }
 }

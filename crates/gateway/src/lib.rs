@@ -127,20 +127,38 @@ pub fn build(
     Ok((gateway, denial_queue))
 }
 
-/// Ships recorded denials to the audit stream until shutdown.
+/// Ships recorded denials to the audit stream until the requests are over,
+/// then flushes while the stop waits for it.
 struct ShipDenials {
-    queue: Mutex<Option<mpsc::Receiver<DenialEvent>>>,
+    /// Taken by `start`.
+    parts: Mutex<Option<Shipping>>,
+    drain: Arc<drain::Drain>,
+}
+
+struct Shipping {
+    queue: mpsc::Receiver<DenialEvent>,
+    /// Dropped after the last flush, which tells an in-process receiver
+    /// that nothing more is coming.
     sink: Arc<dyn DenialSink>,
+    /// Dropped last: the stop waits for it.
+    finishing: drain::Finishing,
 }
 
 #[async_trait]
 impl BackgroundService for ShipDenials {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(queue) = self.queue.lock().await.take() else { return };
+        let Some(Shipping { queue, sink, finishing }) = self.parts.lock().await.take() else { return };
         let stop = async move {
-            let _ = shutdown.changed().await;
+            // pingora's own watch covers a graceful upgrade (SIGQUIT),
+            // which does not go through the drain.
+            tokio::select! {
+                () = self.drain.requests_over() => {}
+                _ = shutdown.changed() => {}
+            }
         };
-        bouncer_shared_state::denials::ship(queue, &*self.sink, stop).await;
+        bouncer_shared_state::denials::ship(queue, &*sink, stop).await;
+        drop(sink);
+        drop(finishing);
     }
 }
 
@@ -185,7 +203,11 @@ pub fn server(
         ready_from_bus: shared.bus_decides_ready,
     };
     server.add_service(background_service("revocations", feed));
-    let shipper = ShipDenials { queue: Mutex::new(Some(denial_queue)), sink: shared.denial_sink };
+    let finishing = gateway.drain.finishing();
+    let shipper = ShipDenials {
+        parts: Mutex::new(Some(Shipping { queue: denial_queue, sink: shared.denial_sink, finishing })),
+        drain: gateway.drain.clone(),
+    };
     server.add_service(background_service("denials", shipper));
     let reloader = reload::RouteReloader {
         path: config.routes.clone(),

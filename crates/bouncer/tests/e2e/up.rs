@@ -148,6 +148,12 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     let problem = http.get(format!("{gw}/api/orders")).bearer_auth(&fresh).send().await.unwrap();
     expect_problem(problem, 401, "invalid-token").await;
 
+    // One more 429 just before the stop: folded 429s are shipped once per
+    // minute, so this one reaches the audit log only if the stop waits for
+    // the gateway's last flush and the admin's write of it.
+    let r = http.get(format!("{gw}/limited/x")).send().await.unwrap();
+    assert_eq!(r.status(), 429, "the bucket is still empty");
+
     // SIGTERM: a clean exit.
     let pid = up.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -181,6 +187,23 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     )
     .await;
     assert_eq!(std::fs::read_dir(dir.path().join("keys")).unwrap().count(), jwks_before, "no new key");
+    let audit = expect_json(
+        http.get(format!("{admin_base}/admin/audit?action=gateway.denied&limit=100"))
+            .bearer_auth(&root_token)
+            .send()
+            .await
+            .unwrap(),
+        200,
+    )
+    .await;
+    let rate_limited: u64 = audit["items"]
+        .as_array()
+        .expect("an items array")
+        .iter()
+        .filter(|e| e["details"]["status"] == json!(429))
+        .map(|e| e["details"]["count"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(rate_limited, 2, "both 429s before the stop are in the audit log: {audit}");
     let relogin = json!({"email": "root@example.com", "password": PASSWORD});
     expect_json(http.post(format!("{gw}/auth/login")).json(&relogin).send().await.unwrap(), 200).await;
     // Ctrl-C stops as gracefully as SIGTERM (pingora alone would exit at once).
