@@ -1,8 +1,8 @@
 //! The floor under the gateway: a pingora reverse proxy that decides
 //! nothing — no route table, no identity, no metrics, no logging — set up
-//! exactly as the gateway sets pingora up (one single-threaded runtime per
-//! thread, unbuffered client reads, no downstream modules, mimalloc).
-//! `benches/load/floor.sh` runs it beside the gateway, HAProxy and
+//! exactly as the gateway sets pingora up (its `server_conf` and
+//! `client_listener`, no downstream modules, mimalloc).
+//! `benches/load/run.sh` runs it beside the gateway, HAProxy and
 //! `hyper_proxy` to split the gateway's cost into pingora's and its own.
 //!
 //! Usage: pingora_floor LISTEN UPSTREAM   (e.g. 127.0.0.1:8000 127.0.0.1:9000)
@@ -11,11 +11,10 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use pingora::{
-    listeners::{L4BufferSettings, ListenerConfig},
     modules::http::HttpModules,
     prelude::HttpPeer,
     proxy::{ProxyHttp, Session},
-    server::{Server, configuration::ServerConf},
+    server::Server,
 };
 
 #[global_allocator]
@@ -41,18 +40,12 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().expect(usage);
     let upstream: SocketAddr = args.next().and_then(|a| a.parse().ok()).expect(usage);
-    let conf = ServerConf {
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        work_stealing: false,
-        // Stop at once on SIGTERM (run.sh's clean-up), as the gateway does.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
+    // Stop at once on SIGTERM (run.sh's clean-up).
+    let conf = bouncer_gateway::server_conf(1);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Floor(upstream));
-    proxy.add_listener(ListenerConfig::tcp(listen).l4_buffer(L4BufferSettings::default().read(0)));
+    proxy.add_listener(bouncer_gateway::client_listener(&listen));
     server.add_service(proxy);
     server.run_forever();
 }

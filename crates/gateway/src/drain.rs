@@ -26,25 +26,46 @@ use tokio::sync::{Notify, watch};
 /// Longest the stop waits for [`Finishing`] work once requests are over.
 pub const FINISH_WAIT: Duration = Duration::from_secs(5);
 
-/// Requests in flight, and whether the gateway is draining.
+/// Requests in flight, background work still finishing, and the stop's phase.
+#[derive(Default)]
 pub struct Drain {
-    in_flight: AtomicUsize,
+    in_flight: Live,
+    finishing: Live,
     draining: AtomicBool,
-    idle: Notify,
     /// True once no request is in flight any more (or the grace ran out).
     requests_over: watch::Sender<bool>,
-    /// Live [`Finishing`] guards.
-    finishing: watch::Sender<usize>,
 }
 
-impl Default for Drain {
-    fn default() -> Self {
-        Self {
-            in_flight: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
-            idle: Notify::new(),
-            requests_over: watch::Sender::new(false),
-            finishing: watch::Sender::new(0),
+/// How many guards of one kind are alive, and a wait for none.
+#[derive(Default)]
+struct Live {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+impl Live {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remove(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none.notify_waiters();
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    async fn none_left(&self) {
+        loop {
+            // Registered before the check, so a removal in between still wakes it.
+            let notified = self.none.notified();
+            if self.get() == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -57,7 +78,7 @@ pub struct Finishing(Arc<Drain>);
 
 impl Drain {
     pub fn enter(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.in_flight.add();
         InFlight(self.clone())
     }
 
@@ -67,26 +88,17 @@ impl Drain {
 
     /// Makes the stop wait for the returned guard, after the requests.
     pub fn finishing(self: &Arc<Self>) -> Finishing {
-        self.finishing.send_modify(|n| *n += 1);
+        self.finishing.add();
         Finishing(self.clone())
-    }
-
-    /// Resolves once the stop is under way and no request is in flight:
-    /// the moment for [`Finishing`] work to wrap up.
-    pub async fn requests_over(&self) {
-        let mut over = self.requests_over.subscribe();
-        let _ = over.wait_for(|over| *over).await;
     }
 
     /// Drains the requests, then waits (up to `wait`) for finishing work.
     async fn stop(&self, grace: Duration, wait: Duration) {
         self.drain(grace).await;
         self.requests_over.send_replace(true);
-        let mut finishing = self.finishing.subscribe();
-        let done = finishing.wait_for(|n| *n == 0);
-        if tokio::time::timeout(wait, done).await.is_err() {
+        if tokio::time::timeout(wait, self.finishing.none_left()).await.is_err() {
             tracing::warn!(
-                pending = *self.finishing.borrow(),
+                pending = self.finishing.get(),
                 "background work did not finish in time (gateway denials may be lost); stopping anyway"
             );
         }
@@ -95,35 +107,30 @@ impl Drain {
     /// Starts draining and waits until nothing is in flight, or `grace`.
     async fn drain(&self, grace: Duration) {
         self.draining.store(true, Ordering::Release);
-        let idle = async {
-            loop {
-                let notified = self.idle.notified();
-                if self.in_flight.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout(grace, idle).await.is_err() {
-            tracing::warn!(
-                in_flight = self.in_flight.load(Ordering::Acquire),
-                "grace period over; stopping anyway"
-            );
+        if tokio::time::timeout(grace, self.in_flight.none_left()).await.is_err() {
+            tracing::warn!(in_flight = self.in_flight.get(), "grace period over; stopping anyway");
         }
+    }
+}
+
+impl Finishing {
+    /// Resolves once the stop is under way and no request is in flight:
+    /// the moment for this work to wrap up.
+    pub async fn requests_over(&self) {
+        let mut over = self.0.requests_over.subscribe();
+        let _ = over.wait_for(|over| *over).await;
     }
 }
 
 impl Drop for Finishing {
     fn drop(&mut self) {
-        self.0.finishing.send_modify(|n| *n -= 1);
+        self.0.finishing.remove();
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.in_flight.remove();
     }
 }
 
@@ -186,9 +193,9 @@ mod tests {
         let flushed = Arc::new(AtomicBool::new(false));
         // Like the denial shipper: flush once the requests are over.
         tokio::spawn({
-            let (drain, flushed) = (drain.clone(), flushed.clone());
+            let flushed = flushed.clone();
             async move {
-                drain.requests_over().await;
+                work.requests_over().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 flushed.store(true, Ordering::Release);
                 drop(work);

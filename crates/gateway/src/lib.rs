@@ -129,11 +129,7 @@ pub fn build(
 
 /// Ships recorded denials to the audit stream until the requests are over,
 /// then flushes while the stop waits for it.
-struct ShipDenials {
-    /// Taken by `start`.
-    parts: Mutex<Option<Shipping>>,
-    drain: Arc<drain::Drain>,
-}
+struct ShipDenials(Mutex<Option<Shipping>>);
 
 struct Shipping {
     queue: mpsc::Receiver<DenialEvent>,
@@ -147,12 +143,12 @@ struct Shipping {
 #[async_trait]
 impl BackgroundService for ShipDenials {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(Shipping { queue, sink, finishing }) = self.parts.lock().await.take() else { return };
-        let stop = async move {
+        let Some(Shipping { queue, sink, finishing }) = self.0.lock().await.take() else { return };
+        let stop = async {
             // pingora's own watch covers a graceful upgrade (SIGQUIT),
             // which does not go through the drain.
             tokio::select! {
-                () = self.drain.requests_over() => {}
+                () = finishing.requests_over() => {}
                 _ = shutdown.changed() => {}
             }
         };
@@ -182,17 +178,7 @@ pub fn server(
     denial_queue: mpsc::Receiver<DenialEvent>,
     shared: SharedState,
 ) -> Server {
-    let grace = config.shutdown_grace.get().as_secs().max(1);
-    let conf = ServerConf {
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(grace),
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        // One single-threaded runtime per thread: a request never moves
-        // between threads, and the scheduler's cross-thread bookkeeping was
-        // ~10 % of a request's CPU in the profile (benches/README.md).
-        work_stealing: false,
-        ..ServerConf::default()
-    };
+    let conf = server_conf(config.shutdown_grace.get().as_secs().max(1));
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     server.add_service(background_service("jwks", KeepKeysFresh(gateway.jwks.clone())));
@@ -204,10 +190,8 @@ pub fn server(
     };
     server.add_service(background_service("revocations", feed));
     let finishing = gateway.drain.finishing();
-    let shipper = ShipDenials {
-        parts: Mutex::new(Some(Shipping { queue: denial_queue, sink: shared.denial_sink, finishing })),
-        drain: gateway.drain.clone(),
-    };
+    let shipper =
+        ShipDenials(Mutex::new(Some(Shipping { queue: denial_queue, sink: shared.denial_sink, finishing })));
     server.add_service(background_service("denials", shipper));
     let reloader = reload::RouteReloader {
         path: config.routes.clone(),
@@ -218,14 +202,33 @@ pub fn server(
     let metrics = metrics::MetricsService { listen: config.metrics_listen, metrics: gateway.metrics.clone() };
     server.add_service(background_service("metrics", metrics));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
-    // pingora gives every client connection a 64 KiB read buffer in front of
-    // the HTTP parser's own: 88 KiB per idle keep-alive client in all, and a
-    // copy of every request. Unbuffered, the parser reads the socket itself.
-    let listener =
-        ListenerConfig::tcp(config.listen.to_string()).l4_buffer(L4BufferSettings::default().read(0));
-    proxy.add_listener(listener);
+    proxy.add_listener(client_listener(&config.listen.to_string()));
     server.add_service(proxy);
     server
+}
+
+/// pingora's settings for the gateway, public so that the benchmarks'
+/// `pingora_floor` is set up the same way by construction.
+pub fn server_conf(graceful_shutdown_secs: u64) -> ServerConf {
+    ServerConf {
+        // The drain has already waited for the requests when pingora stops.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(graceful_shutdown_secs),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        // One single-threaded runtime per thread: a request never moves
+        // between threads, and the scheduler's cross-thread bookkeeping was
+        // ~10 % of a request's CPU in the profile (benches/README.md).
+        work_stealing: false,
+        ..ServerConf::default()
+    }
+}
+
+/// The clients' listener on `addr`. pingora gives every client connection a
+/// 64 KiB read buffer in front of the HTTP parser's own: 88 KiB per idle
+/// keep-alive client in all, and a copy of every request. Unbuffered, the
+/// parser reads the socket itself.
+pub fn client_listener(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0))
 }
 
 /// Runs a server built by [`server`] until SIGTERM or SIGINT, drains
