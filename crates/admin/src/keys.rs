@@ -1,6 +1,8 @@
 //! Ed25519 signing keys: files in `keys_dir`, the JWKS, signing and verifying.
 //!
-//! Each key is `KID.pem` (PKCS#8 PEM, mode 0600). A kid starts with its UTC
+//! Each key is `KID.pem` (PKCS#8 v1 PEM as RFC 8410 §7 writes it — the
+//! 48-byte form `openssl genpkey -algorithm ed25519` makes, which OpenSSL
+//! 3.0 and Python `cryptography` read — mode 0600). A kid starts with its UTC
 //! creation time, so kids sort by age. The newest key that is at least
 //! `key_activation_delay` old signs: a new key is published in the JWKS
 //! first, so that every admin replica has loaded it and every gateway can
@@ -25,7 +27,7 @@ use bouncer_core::{
 };
 use ed25519_dalek::{
     SigningKey,
-    pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding},
+    pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -199,17 +201,52 @@ fn create_key(dir: &Path, now: OffsetDateTime) -> Result<String, KeyError> {
     getrandom::fill(&mut suffix).map_err(|e| file_err(dir, format!("no randomness for a kid: {e}")))?;
     let stamp = now.to_offset(time::UtcOffset::UTC).format(KID_TIME).map_err(|e| file_err(dir, e))?;
     let kid = format!("{stamp}-{}", hex::encode(suffix));
-    let pem = SigningKey::from_bytes(&seed)
-        .to_pkcs8_pem(LineEnding::LF)
-        .map_err(|e| file_err(dir, format!("cannot encode key: {e}")))?;
+    let pem = v1_pem(&SigningKey::from_bytes(&seed)).map_err(|e| file_err(dir, e))?;
     let path = dir.join(format!("{kid}.pem"));
+    write_private(&path, pem.as_bytes(), true)?;
+    Ok(kid)
+}
+
+/// The key as PKCS#8 v1 PEM: the private key alone, without the optional
+/// public key of RFC 5958's v2 (which OpenSSL 3.0 refuses as "unsupported").
+fn v1_pem(key: &SigningKey) -> Result<zeroize::Zeroizing<String>, String> {
+    KeypairBytes { secret_key: key.to_bytes(), public_key: None }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| format!("cannot encode key: {e}"))
+}
+
+/// Writes a private file with mode 0600, synced. `create_new` for a new
+/// key (never overwrite one); otherwise the bytes go to a temporary file
+/// that is renamed over `path`, so a crash leaves the old file or the new
+/// one, never half of either.
+fn write_private(path: &Path, bytes: &[u8], create_new: bool) -> Result<(), KeyError> {
+    let target = if create_new {
+        path.to_owned()
+    } else {
+        // Not `*.pem`, so a directory listing never takes it for a key.
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+        path.with_file_name(format!(".{name}.tmp"))
+    };
+    if !create_new {
+        let _ = fs::remove_file(&target);
+    }
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path).map_err(|e| file_err(&path, e))?;
-    file.write_all(pem.as_bytes()).and_then(|_| file.sync_all()).map_err(|e| file_err(&path, e))?;
-    Ok(kid)
+    let mut file = options.open(&target).map_err(|e| file_err(&target, e))?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(|e| file_err(&target, e))?;
+    if !create_new {
+        fs::rename(&target, path).map_err(|e| {
+            let _ = fs::remove_file(&target);
+            file_err(path, format!("cannot replace: {e}"))
+        })?;
+        // The rename itself must survive a crash too.
+        if let Some(dir) = path.parent() {
+            let _ = fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+    }
+    Ok(())
 }
 
 fn list_key_files(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
@@ -241,13 +278,31 @@ fn load_key(path: &Path) -> Result<Key, KeyError> {
             file_err(path, "file name must be <kid>.pem with a kid made by `bouncer keys rotate`")
         })?;
     warn_if_readable_by_others(path);
-    let pem = fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let pem = zeroize::Zeroizing::new(fs::read_to_string(path).map_err(|e| file_err(path, e))?);
     let signing = SigningKey::from_pkcs8_pem(&pem)
         .map_err(|e| file_err(path, format!("not an Ed25519 PKCS#8 PEM key: {e}")))?;
-    let encoding = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| file_err(path, e))?;
+    let v1 = v1_pem(&signing).map_err(|e| file_err(path, e))?;
+    if *v1 != *pem {
+        upgrade_to_v1(path, &v1);
+    }
+    let encoding = EncodingKey::from_ed_pem(v1.as_bytes()).map_err(|e| file_err(path, e))?;
     let x = URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
     let decoding = DecodingKey::from_ed_components(&x).map_err(|e| file_err(path, e))?;
     Ok(Key { kid, created, encoding, decoding, x })
+}
+
+/// Rewrites a key file written by an older Bouncer (PKCS#8 v2, with the
+/// public key) in the v1 form standard tools read. The key is the same, so
+/// every replica sharing the directory may do this at once; a read-only
+/// directory (a mounted Secret) keeps the old file, which still loads.
+fn upgrade_to_v1(path: &Path, v1: &str) {
+    match write_private(path, v1.as_bytes(), false) {
+        Ok(()) => tracing::info!(path = %path.display(), "rewrote signing key as PKCS#8 v1 (same key)"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot rewrite signing key as PKCS#8 v1; it keeps working, but OpenSSL 3.0 cannot read the file"
+        ),
+    }
 }
 
 #[cfg(unix)]
@@ -401,6 +456,65 @@ mod tests {
         rotate(dir.path(), t0 + Duration::from_secs(1)).unwrap();
         store.reload().unwrap();
         assert_eq!(store.signing_kid(t0 + Duration::from_secs(2)), first);
+    }
+
+    /// RFC 8410 §7's v1 encoding: version 0, the Ed25519 OID, the 32-byte
+    /// seed, and nothing after it (no public key).
+    const V1_PREFIX: [u8; 16] =
+        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+    fn der_of(path: &Path) -> Vec<u8> {
+        let pem = fs::read_to_string(path).unwrap();
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    }
+
+    #[test]
+    fn keys_are_written_as_pkcs8_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        KeyStore::open(dir.path(), TTL, DELAY, OffsetDateTime::now_utc()).unwrap();
+        let files = list_key_files(dir.path()).unwrap();
+        let der = der_of(&files[0]);
+        assert_eq!(der.len(), 48, "the 48-byte v1 form, got {} bytes", der.len());
+        assert_eq!(der[..16], V1_PREFIX, "version 0 and the Ed25519 OID");
+        assert!(fs::read_to_string(&files[0]).unwrap().starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    }
+
+    #[test]
+    fn a_v2_key_from_an_older_release_loads_and_is_rewritten_as_v1() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[7; 32]);
+        // What earlier releases wrote: RFC 5958 v2 with the public key.
+        let v2 = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let path = dir.path().join("20260101T000000.000Z-0a0b0c0d.pem");
+        fs::write(&path, v2.as_bytes()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        assert!(der_of(&path).len() > 48, "the fixture is the longer v2 form");
+        let now = datetime!(2026-05-01 08:00 UTC);
+        let store = KeyStore::open(dir.path(), TTL, DELAY, now).unwrap();
+        assert_eq!(der_of(&path).len(), 48, "rewritten in place as v1");
+        assert_eq!(der_of(&path)[..16], V1_PREFIX);
+        assert_eq!(
+            SigningKey::from_pkcs8_pem(&fs::read_to_string(&path).unwrap()).unwrap().to_bytes(),
+            key.to_bytes(),
+            "the same key"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind: {names:?}");
+        // Tokens still sign and verify, with the public key the JWKS had before.
+        let token = store.sign(&claims(now), now).unwrap();
+        assert!(store.verify(&token, &expect(), now).is_ok());
+        let x = store.jwks(now)["keys"][0]["x"].as_str().unwrap().to_owned();
+        assert_eq!(x, URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()));
     }
 
     #[test]

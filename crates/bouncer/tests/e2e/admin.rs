@@ -20,6 +20,7 @@ on_both_backends!(
     over_long_password_is_refused_before_hashing,
     tokens_verify_with_a_standard_library_against_the_jwks,
     key_rotation_is_picked_up_without_restart,
+    keys_from_an_older_release_are_upgraded_to_a_form_openssl_reads,
     login_rehashes_when_parameters_change,
     first_admin_is_made_with_the_cli,
 );
@@ -452,6 +453,78 @@ async fn key_rotation_is_picked_up_without_restart(backend: Backend) {
     );
     expect_json(admin.get_bearer("/users/me", &old_access).await, 200).await;
     expect_json(admin.get_bearer("/users/me", &new_access).await, 200).await;
+
+    // Both files — the one made at first start and the rotated one — are
+    // keys standard tools read, and hold the public keys the JWKS publishes.
+    let jwks = expect_json(admin.get("/.well-known/jwks.json").await, 200).await;
+    for kid in [&old_kid, &new_kid] {
+        let published = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == **kid).unwrap()["x"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        if let Some(public) = openssl_public_key(&admin.keys_dir().join(format!("{kid}.pem"))) {
+            assert_eq!(URL_SAFE_NO_PAD.encode(public), published, "openssl's public key of {kid}");
+        }
+    }
+}
+
+/// The raw Ed25519 public key `openssl pkey` derives from a key file, or
+/// `None` (said on stderr) when the machine has no `openssl`.
+fn openssl_public_key(path: &std::path::Path) -> Option<Vec<u8>> {
+    let out = match std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(path)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPED the openssl check of {}: no openssl on this machine", path.display());
+            return None;
+        }
+        Err(e) => panic!("cannot run openssl: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "openssl pkey cannot read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // SubjectPublicKeyInfo for Ed25519: a 12-byte header, then the key.
+    assert_eq!(out.stdout.len(), 44, "an Ed25519 SubjectPublicKeyInfo");
+    Some(out.stdout[12..].to_vec())
+}
+
+async fn keys_from_an_older_release_are_upgraded_to_a_form_openssl_reads(backend: Backend) {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
+    let mut admin = Admin::start(backend).await;
+    admin.signup("old@example.com").await;
+    let (access, _) = admin.login("old@example.com", PASSWORD).await;
+    let kid = jsonwebtoken::decode_header(&access).unwrap().kid.unwrap();
+    let path = admin.keys_dir().join(format!("{kid}.pem"));
+    let v1 = std::fs::read_to_string(&path).unwrap();
+    let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&v1).unwrap();
+    // What releases before this one wrote: PKCS#8 v2 with the public key.
+    let v2 = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+    assert_ne!(*v2, v1, "the fixture differs from what is written now");
+    admin.terminate().await;
+    std::fs::write(&path, v2.as_bytes()).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    admin.restart_stopped().await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), v1, "rewritten as v1, the same key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert_eq!(std::fs::read_dir(admin.keys_dir()).unwrap().count(), 1, "no temporary file left");
+    expect_json(admin.get_bearer("/users/me", &access).await, 200).await;
+    if let Some(public) = openssl_public_key(&path) {
+        assert_eq!(public, key.verifying_key().as_bytes());
+    }
 }
 
 async fn login_rehashes_when_parameters_change(backend: Backend) {

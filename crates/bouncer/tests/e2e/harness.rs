@@ -129,6 +129,12 @@ impl Admin {
         self.launch().await;
     }
 
+    /// Starts the process again after [`Self::terminate`].
+    pub async fn restart_stopped(&mut self) {
+        assert!(self.child.is_none(), "admin is still running");
+        self.launch().await;
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("admin is running");
