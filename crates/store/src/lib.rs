@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bouncer_core::{
-    audit::{self, AuditContext, AuditEvent, AuditRecord},
+    audit::{self, AuditContext, AuditEvent, AuditRecord, StoredRecord},
     config::DatabaseUrl,
     revocation::Revocation,
     throttle::ThrottleDecision,
@@ -175,8 +175,15 @@ pub trait Store: Send + Sync + 'static {
     /// stream), where a redelivered event must not be written twice.
     async fn append_audit_once(&self, events: &[AuditEvent]) -> Result<usize>;
 
-    /// Up to `limit` chained records with `seq > after`, in order.
-    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>>;
+    /// Up to `limit` audit rows with `seq > after`, in order, exactly as
+    /// stored (nothing parsed: the verifier must see edited rows too).
+    async fn stored_audit_records(&self, after: i64, limit: u32) -> Result<Vec<StoredRecord>>;
+
+    /// Up to `limit` chained records with `seq > after`, in order. A row
+    /// that is not an event Bouncer writes is an error (`audit verify` names it).
+    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+        parse_records(&self.stored_audit_records(after, limit).await?)
+    }
 
     /// All roles, by name.
     async fn roles(&self) -> Result<Vec<Role>>;
@@ -239,24 +246,39 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Walks the whole audit chain in pages. `Ok(Ok((count, head_hash)))` when
-/// intact; `Ok(Err(break))` names the first record that was edited, deleted
-/// or reordered.
+/// intact; `Ok(Err(break))` names the first record that was edited, deleted,
+/// reordered or left unreadable. `Err` only when the database cannot be read.
 pub async fn verify_audit_chain(store: &dyn Store) -> Result<Result<(i64, [u8; 32]), audit::ChainBreak>> {
     const PAGE: u32 = 1_000;
     let mut verifier = audit::ChainVerifier::default();
     let mut after = 0;
     loop {
-        let page = store.audit_records(after, PAGE).await?;
+        let page = store.stored_audit_records(after, PAGE).await?;
         for record in &page {
             if let Err(chain_break) = verifier.push(record) {
                 return Ok(Err(chain_break));
             }
         }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => after = last.seq,
+        // Every row of a full page verified, so its seqs are readable.
+        match page.last().and_then(|last| last.seq.as_ref().ok()) {
+            Some(&last) if page.len() == PAGE as usize => after = last,
             _ => return Ok(Ok((verifier.count(), verifier.head()))),
         }
     }
+}
+
+/// Stored rows as records; the first that does not parse is an error.
+pub(crate) fn parse_records(rows: &[StoredRecord]) -> Result<Vec<AuditRecord>> {
+    rows.iter()
+        .map(|r| {
+            r.to_record().map_err(|reason| {
+                StoreError::Database(format!(
+                    "audit record {} is not readable ({reason}); run `bouncer audit verify`",
+                    r.id
+                ))
+            })
+        })
+        .collect()
 }
 
 /// `LIKE` pattern matching values that start with `prefix` literally, with

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bouncer_core::{
-    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome},
+    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome, StoredContent, StoredRecord},
     revocation::{Revocation, RevocationKind},
     throttle::{self, FailureWindow, ThrottleDecision},
     token::TokenHash,
@@ -87,28 +87,27 @@ fn hash32(bytes: Vec<u8>) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| StoreError::Database("audit hash is not 32 bytes".into()))
 }
 
-fn record_from(row: &Row) -> Result<AuditRecord> {
-    let action: String = row.get("action");
-    let outcome: String = row.get("outcome");
-    let unknown =
-        |what: &str, v: &str| StoreError::Database(format!("audit record has unknown {what} {v:?}"));
-    Ok(AuditRecord {
-        seq: row.get("seq"),
-        event: AuditEvent {
-            id: row.get("id"),
-            at: row.get("at"),
+/// An audit row as stored. PostgreSQL enforces every column's type, so
+/// only the content can be nonsense, which the verifier judges.
+fn stored_record(row: &Row) -> StoredRecord {
+    let at: OffsetDateTime = row.get("at");
+    StoredRecord {
+        seq: Ok(row.get("seq")),
+        id: row.get::<_, Uuid>("id").to_string(),
+        content: Ok(StoredContent {
+            at_us: (at.unix_timestamp_nanos() / 1_000) as i64,
             actor: row.get("actor"),
-            action: Action::parse(&action).ok_or_else(|| unknown("action", &action))?,
+            action: row.get("action"),
             subject: row.get("subject"),
             ip: row.get("ip"),
             user_agent: row.get("user_agent"),
             request_id: row.get("request_id"),
-            outcome: Outcome::parse(&outcome).ok_or_else(|| unknown("outcome", &outcome))?,
+            outcome: row.get("outcome"),
             details: row.get("details"),
-        },
-        prev_hash: hash32(row.get("prev_hash"))?,
-        hash: hash32(row.get("hash"))?,
-    })
+            prev_hash: row.get("prev_hash"),
+            hash: row.get("hash"),
+        }),
+    }
 }
 
 /// The PostgreSQL store.
@@ -719,7 +718,7 @@ impl Store for PgStore {
         Ok(fresh.len())
     }
 
-    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+    async fn stored_audit_records(&self, after: i64, limit: u32) -> Result<Vec<StoredRecord>> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -729,7 +728,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        rows.iter().map(record_from).collect()
+        Ok(rows.iter().map(stored_record).collect())
     }
 
     async fn create_role(&self, role: &Role, audit: AuditEvent) -> Result<()> {
@@ -926,7 +925,7 @@ impl Store for PgStore {
             )
             .await
             .map_err(pg_err)?;
-        rows.iter().map(record_from).collect()
+        crate::parse_records(&rows.iter().map(stored_record).collect::<Vec<_>>())
     }
 
     async fn revocations_since(&self, since: OffsetDateTime) -> Result<Vec<Revocation>> {

@@ -14,7 +14,7 @@ use std::{
 
 use async_trait::async_trait;
 use bouncer_core::{
-    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome},
+    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome, StoredContent, StoredRecord},
     revocation::{Revocation, RevocationKind},
     throttle::{self, FailureWindow, ThrottleDecision},
     token::TokenHash,
@@ -170,66 +170,66 @@ fn hash32(bytes: Vec<u8>) -> Result<[u8; 32]> {
     bytes.try_into().map_err(|_| StoreError::Database("audit hash is not 32 bytes".into()))
 }
 
-/// An audit row as read, before its action and outcome names are checked
-/// (a rusqlite row mapper cannot return our error type).
-struct RawRecord {
-    seq: i64,
-    id: Uuid,
-    at: i64,
-    actor: Option<String>,
-    action: String,
-    subject: Option<String>,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    request_id: Option<String>,
-    outcome: String,
-    details: String,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-}
-
-impl RawRecord {
-    fn read(row: &Row) -> rusqlite::Result<Self> {
-        Ok(Self {
-            seq: row.get("seq")?,
-            id: uuid_col(row, "id")?,
-            at: row.get("at")?,
-            actor: row.get("actor")?,
-            action: row.get("action")?,
-            subject: row.get("subject")?,
-            ip: row.get("ip")?,
-            user_agent: row.get("user_agent")?,
-            request_id: row.get("request_id")?,
-            outcome: row.get("outcome")?,
-            details: row.get("details")?,
-            prev_hash: row.get("prev_hash")?,
-            hash: row.get("hash")?,
+/// An audit row as stored, every column read as whatever SQLite holds
+/// (its columns keep any type they are given), so that a row someone edited
+/// into nonsense is reported by the verifier rather than failing the read.
+fn stored_record(row: &Row) -> rusqlite::Result<StoredRecord> {
+    use rusqlite::types::Value as V;
+    let describe = |v: &V| match v {
+        V::Null => "NULL".to_owned(),
+        V::Integer(n) => format!("the integer {n}"),
+        V::Real(x) => format!("the real {x}"),
+        V::Text(t) => format!("the text {t:?}"),
+        V::Blob(b) => format!("a {}-byte blob", b.len()),
+    };
+    let value = |name: &str| row.get::<_, V>(name);
+    let text = |name: &str| -> rusqlite::Result<Result<String, String>> {
+        Ok(match value(name)? {
+            V::Text(t) => Ok(t),
+            other => Err(format!("{name} holds {}, not text", describe(&other))),
         })
-    }
-
-    fn into_record(self) -> Result<AuditRecord> {
-        let seq = self.seq;
-        let unknown = |what: &str, v: &str| {
-            StoreError::Database(format!("audit record {seq} has unknown {what} {v:?}"))
-        };
-        Ok(AuditRecord {
-            seq,
-            event: AuditEvent {
-                id: self.id,
-                at: instant(self.at),
-                actor: self.actor,
-                action: Action::parse(&self.action).ok_or_else(|| unknown("action", &self.action))?,
-                subject: self.subject,
-                ip: self.ip,
-                user_agent: self.user_agent,
-                request_id: self.request_id,
-                outcome: Outcome::parse(&self.outcome).ok_or_else(|| unknown("outcome", &self.outcome))?,
-                details: self.details,
-            },
-            prev_hash: hash32(self.prev_hash)?,
-            hash: hash32(self.hash)?,
+    };
+    let opt_text = |name: &str| -> rusqlite::Result<Result<Option<String>, String>> {
+        Ok(match value(name)? {
+            V::Null => Ok(None),
+            V::Text(t) => Ok(Some(t)),
+            other => Err(format!("{name} holds {}, not text", describe(&other))),
         })
-    }
+    };
+    let blob = |name: &str| -> rusqlite::Result<Result<Vec<u8>, String>> {
+        Ok(match value(name)? {
+            V::Blob(b) => Ok(b),
+            other => Err(format!("{name} holds {}, not bytes", describe(&other))),
+        })
+    };
+    let seq = match value("seq")? {
+        V::Integer(n) => Ok(n),
+        other => Err(format!("seq holds {}, not an integer", describe(&other))),
+    };
+    let id = match value("id")? {
+        V::Text(t) => t,
+        other => describe(&other),
+    };
+    let at_us = match value("at")? {
+        V::Integer(n) => Ok(n),
+        other => Err(format!("at holds {}, not a time", describe(&other))),
+    };
+    let content = (|| {
+        Ok::<_, String>(StoredContent {
+            at_us: at_us?,
+            actor: opt_text("actor").map_err(|e| e.to_string())??,
+            action: text("action").map_err(|e| e.to_string())??,
+            subject: opt_text("subject").map_err(|e| e.to_string())??,
+            ip: opt_text("ip").map_err(|e| e.to_string())??,
+            user_agent: opt_text("user_agent").map_err(|e| e.to_string())??,
+            request_id: opt_text("request_id").map_err(|e| e.to_string())??,
+            outcome: text("outcome").map_err(|e| e.to_string())??,
+            details: text("details").map_err(|e| e.to_string())??,
+            prev_hash: blob("prev_hash").map_err(|e| e.to_string())??,
+            hash: blob("hash").map_err(|e| e.to_string())??,
+        })
+    })();
+    Ok(StoredRecord { seq, id, content })
 }
 
 fn recorded_migrations(conn: &Connection) -> Result<Vec<(u32, String)>> {
@@ -697,7 +697,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<AuditRecord>> {
+    async fn stored_audit_records(&self, after: i64, limit: u32) -> Result<Vec<StoredRecord>> {
         self.with_conn(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -706,10 +706,10 @@ impl Store for SqliteStore {
                 )
                 .map_err(sqlite_err)?;
             let rows = stmt
-                .query_map(params![after, limit], RawRecord::read)
+                .query_map(params![after, limit], stored_record)
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(sqlite_err)?;
-            rows.into_iter().map(RawRecord::into_record).collect()
+            Ok(rows)
         })
         .await
     }
@@ -931,11 +931,11 @@ impl Store for SqliteStore {
             let rows = stmt
                 .query_map(
                     params![f.actor, f.subject, f.action, f.since.map(micros), f.until.map(micros), f.before_seq, f.limit],
-                    RawRecord::read,
+                    stored_record,
                 )
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(sqlite_err)?;
-            rows.into_iter().map(RawRecord::into_record).collect()
+            crate::parse_records(&rows)
         })
         .await
     }

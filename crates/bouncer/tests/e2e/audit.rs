@@ -171,6 +171,46 @@ async fn tampering_is_detected_by_audit_verify(backend: Backend) {
     tamper(&admin, backend, "UPDATE audit_events SET seq = -1 WHERE seq = 2; UPDATE audit_events SET seq = 2 WHERE seq = 3; UPDATE audit_events SET seq = 3 WHERE seq = -1").await.unwrap();
     assert!(verify(&admin).await.0, "restored order verifies again");
 
+    // Edits that leave a value Bouncer never writes are reported like any
+    // edit — by seq and id, with the reason — not as a failure to read.
+    let second = records(&admin).await[1].clone();
+    let id = second.event.id.to_string();
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let at_edit = match backend {
+        // SQLite keeps whatever it is given, even text in an INTEGER column.
+        Backend::Sqlite => ("at", "'yesterday'".to_owned(), "yesterday"),
+        // PostgreSQL's timestamptz only holds times: move it by a second.
+        Backend::Postgres => ("at", "at + interval '1 second'".to_owned(), "edited"),
+    };
+    let original_at = match backend {
+        Backend::Sqlite => (second.event.at.unix_timestamp_nanos() / 1000).to_string(),
+        Backend::Postgres => "at - interval '1 second'".to_owned(),
+    };
+    for ((column, value, reason), restore) in [
+        (
+            ("action", quote("auth.login.succeeded-x"), "auth.login.succeeded-x"),
+            quote(second.event.action.as_str()),
+        ),
+        (("details", quote("{not json"), "not JSON"), quote(&second.event.details)),
+        (("outcome", quote("sideways"), "sideways"), quote(second.event.outcome.as_str())),
+        (at_edit, original_at),
+    ] {
+        tamper(&admin, backend, &format!("UPDATE audit_events SET {column} = {value} WHERE seq = 2"))
+            .await
+            .unwrap();
+        let (ok, out) = verify(&admin).await;
+        assert!(
+            !ok && out.contains("seq 2") && out.contains(&id) && out.contains(reason),
+            "an edit of {column} must name seq 2, id {id} and {reason:?}: {out}"
+        );
+        assert!(!out.contains("database error"), "{column}: reported, not a read failure: {out}");
+        tamper(&admin, backend, &format!("UPDATE audit_events SET {column} = {restore} WHERE seq = 2"))
+            .await
+            .unwrap();
+        let (ok, out) = verify(&admin).await;
+        assert!(ok, "restored {column} verifies again: {out}");
+    }
+
     tamper(&admin, backend, "DELETE FROM audit_events WHERE seq = 2").await.unwrap();
     let (ok, out) = verify(&admin).await;
     assert!(!ok && out.contains("expected seq 2"), "deletion must be named: {out}");
