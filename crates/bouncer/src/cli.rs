@@ -293,8 +293,9 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
 /// here (its own runtimes, signal handling and exit).
 fn run_gateway(config: Config) -> anyhow::Result<()> {
     let shared = SharedState::redis(&config).map_err(anyhow::Error::msg)?;
+    let jwks = bouncer_gateway::jwks::Jwks::new(&config.gateway.jwks_url);
     let (gateway, denials) =
-        bouncer_gateway::build(&config.gateway, shared.limiter.clone()).map_err(anyhow::Error::msg)?;
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks).map_err(anyhow::Error::msg)?;
     let drain = gateway.drain.clone();
     let server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");

@@ -14,7 +14,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bouncer_admin::{AppState, shared};
 use bouncer_core::{claims::LEEWAY, config::Config};
-use bouncer_gateway::{SharedState, drain::Finishing, revocations::RevocationSet};
+use bouncer_gateway::{SharedState, drain::Finishing, jwks::Jwks, revocations::RevocationSet};
 use bouncer_shared_state::{
     InProcessBus, Redis, RevocationBus,
     denials::{DenialSource, InProcessDenials},
@@ -51,8 +51,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     let bus = shared.bus.clone();
+    // The admin below hands its key ring over before it listens.
     let (gateway, denials) =
-        bouncer_gateway::build(&config.gateway, shared.limiter.clone()).map_err(anyhow::Error::msg)?;
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), Jwks::in_process())
+            .map_err(anyhow::Error::msg)?;
     let echo = gateway
         .table
         .load()
@@ -64,12 +66,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("upstream {ECHO_UPSTREAM:?} must be an ip:port to serve it: {e}"))?;
     let revocations = gateway.revocations.clone();
+    let jwks = gateway.jwks.clone();
     let drain = gateway.drain.clone();
     // In-process denials are written by this admin: the stop waits for it to
     // write the gateway's last flush (the channel closes after it).
     let denial_source = denial_source.map(|source| (source, drain.finishing()));
     let mut server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
-    let admin = Admin { config: config.clone(), bus, set: revocations, denials: Mutex::new(denial_source) };
+    let admin =
+        Admin { config: config.clone(), bus, set: revocations, jwks, denials: Mutex::new(denial_source) };
     server.add_service(background_service("admin", admin));
     if let Some(addr) = echo {
         server.add_service(background_service("echo", Echo(addr)));
@@ -82,6 +86,8 @@ struct Admin {
     config: Config,
     bus: Arc<dyn RevocationBus>,
     set: Arc<RevocationSet>,
+    /// The gateway's key set, filled from this admin's key ring.
+    jwks: Arc<Jwks>,
     /// In-process denials from the gateway; `None` when they go via Redis.
     denials: Mutex<Option<(DenialSource, Finishing)>>,
 }
@@ -126,8 +132,13 @@ impl BackgroundService for Admin {
                     "No admin user yet. Create one with:\n  bouncer user add --config <config> --email you@example.com --role admin"
                 );
             }
-            let listener = tokio::net::TcpListener::bind(admin.listen).await?;
             let state = AppState::new(admin.clone(), store, self.bus.clone())?;
+            // Before the admin listens: once it answers, so does the gateway.
+            let ring = state.clone();
+            self.jwks
+                .install(Box::new(move || ring.keys.jwks(OffsetDateTime::now_utc())))
+                .map_err(anyhow::Error::msg)?;
+            let listener = tokio::net::TcpListener::bind(admin.listen).await?;
             anyhow::Ok((listener, state))
         }
         .await;

@@ -1,11 +1,17 @@
 //! Verification keys from the admin service's JWKS.
 //!
-//! Fetched at start (retried every second until the first success), then
-//! refreshed every [`REFRESH_INTERVAL`]; a token with an unknown `kid`
-//! forces a refresh at most once per [`FORCED_REFRESH_MIN`], coalesced
-//! across concurrent requests. A failed fetch keeps the last good keys.
-//! Until keys were loaded once, authenticated routes answer 503: the
-//! gateway never accepts a token it could not check.
+//! A gateway of its own fetches the JWKS over HTTP at start (retried every
+//! second until the first success), then every [`REFRESH_INTERVAL`]; a token
+//! with an unknown `kid` forces a refresh at most once per
+//! [`FORCED_REFRESH_MIN`], coalesced across concurrent requests. A failed
+//! fetch keeps the last good keys. Until keys were loaded once,
+//! authenticated routes answer 503: the gateway never accepts a token it
+//! could not check.
+//!
+//! Under `bouncer up` the admin is in the same process: it hands its key
+//! ring over ([`Jwks::install`]) before it starts listening, and the same
+//! refreshes then read the ring instead of the network — so the gateway is
+//! ready the moment the admin is, and follows rotations without HTTP.
 
 use std::{
     collections::HashMap,
@@ -20,10 +26,22 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub const FORCED_REFRESH_MIN: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The JWKS document of an admin in this process, as it would serve it.
+pub type LocalJwks = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Where the key set comes from.
+enum Source {
+    Http {
+        url: String,
+        http: reqwest::Client,
+    },
+    /// Empty until the in-process admin has loaded its keys.
+    InProcess(std::sync::OnceLock<LocalJwks>),
+}
+
 /// The current key set; `None` until the first successful fetch.
 pub struct Jwks {
-    url: String,
-    http: reqwest::Client,
+    source: Source,
     keys: ArcSwap<Option<HashMap<String, DecodingKey>>>,
     /// Bumped on every stored key set; verified-token cache entries carry it.
     generation: std::sync::atomic::AtomicU64,
@@ -38,11 +56,20 @@ pub struct Jwks {
 }
 
 impl Jwks {
+    /// Keys from the admin's JWKS at `url`.
     pub fn new(url: &str) -> Self {
         let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build().unwrap_or_default();
+        Self::with_source(Source::Http { url: url.to_owned(), http })
+    }
+
+    /// Keys from an admin in this process, once it [`Self::install`]s them.
+    pub fn in_process() -> Self {
+        Self::with_source(Source::InProcess(std::sync::OnceLock::new()))
+    }
+
+    fn with_source(source: Source) -> Self {
         Self {
-            url: url.to_owned(),
-            http,
+            source,
             keys: ArcSwap::from_pointee(None),
             generation: std::sync::atomic::AtomicU64::new(0),
             forced: tokio::sync::Mutex::new(None),
@@ -71,18 +98,56 @@ impl Jwks {
         result
     }
 
+    /// Takes the in-process admin's key ring (see the module docs) and loads
+    /// it at once. Only for a gateway made with [`Self::in_process`].
+    pub fn install(&self, local: LocalJwks) -> Result<usize, String> {
+        let Source::InProcess(slot) = &self.source else {
+            return Err("this gateway fetches its keys over HTTP".into());
+        };
+        slot.set(local).map_err(|_| "keys were installed already".to_owned())?;
+        let set = self.local_set()?;
+        let result = Ok(self.store(&set));
+        self.refreshed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    fn local_set(&self) -> Result<JwkSet, String> {
+        match &self.source {
+            Source::InProcess(slot) => {
+                let local = slot.get().ok_or("the admin in this process has not loaded its keys yet")?;
+                serde_json::from_value(local())
+                    .map_err(|e| format!("the admin's key ring is not a JWKS: {e}"))
+            }
+            Source::Http { .. } => Err("not an in-process key source".into()),
+        }
+    }
+
+    fn describe(&self) -> &str {
+        match &self.source {
+            Source::Http { url, .. } => url,
+            Source::InProcess(_) => "the admin in this process",
+        }
+    }
+
     async fn fetch(&self) -> Result<usize, String> {
         let _one_at_a_time = self.fetching.lock().await;
-        let set: JwkSet = self
-            .http
-            .get(&self.url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot fetch {}: {e}", self.url))?
-            .json()
-            .await
-            .map_err(|e| format!("{} is not a JWKS: {e}", self.url))?;
+        let set = match &self.source {
+            Source::Http { url, http } => http
+                .get(url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| format!("cannot fetch {url}: {e}"))?
+                .json()
+                .await
+                .map_err(|e| format!("{url} is not a JWKS: {e}"))?,
+            Source::InProcess(_) => self.local_set()?,
+        };
+        Ok(self.store(&set))
+    }
+
+    /// Swaps in the EdDSA keys of `set`; returns how many.
+    fn store(&self, set: &JwkSet) -> usize {
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let eddsa = matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(_))
@@ -95,7 +160,7 @@ impl Jwks {
         let n = keys.len();
         self.keys.store(Arc::new(Some(keys)));
         self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        Ok(n)
+        n
     }
 
     /// Refreshes because a token named an unknown kid — unless a forced
@@ -115,15 +180,20 @@ impl Jwks {
 
     /// Runs forever: first load (retrying each second), then periodic refresh.
     pub async fn keep_fresh(&self) {
-        loop {
-            match self.refresh().await {
-                Ok(n) => {
-                    tracing::info!(keys = n, url = %self.url, "JWKS loaded");
-                    break;
+        // In-process, the first load is the admin's install.
+        if matches!(self.source, Source::Http { .. }) {
+            loop {
+                match self.refresh().await {
+                    Ok(n) => {
+                        tracing::info!(keys = n, source = self.describe(), "JWKS loaded");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWKS not loaded yet; authenticated routes answer 503")
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "JWKS not loaded yet; authenticated routes answer 503"),
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
         loop {
             tokio::time::sleep(REFRESH_INTERVAL).await;

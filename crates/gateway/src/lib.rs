@@ -93,16 +93,19 @@ impl SharedState {
     }
 }
 
-/// Builds the gateway's state from its configuration. Also returns the
-/// queue of denials for [`server`] to ship.
+/// Builds the gateway's state from its configuration, with verification
+/// keys from `jwks` ([`Jwks::new`] on `gateway.jwks_url` for a gateway of
+/// its own, [`Jwks::in_process`] beside the admin). Also returns the queue
+/// of denials for [`server`] to ship.
 pub fn build(
     config: &GatewayConfig,
     limiter: Arc<RateLimiter>,
+    jwks: Jwks,
 ) -> Result<(Gateway, mpsc::Receiver<DenialEvent>), String> {
     let table = load_routes(&config.routes)?;
     let (recorder, denial_queue) = DenialRecorder::new();
     let denials = Arc::new(recorder);
-    let jwks = Arc::new(Jwks::new(&config.jwks_url));
+    let jwks = Arc::new(jwks);
     let revocations = Arc::new(RevocationSet::default());
     let metrics = metrics::GatewayMetrics::new(metrics::Sources {
         reloads: Arc::new(reload::ReloadStats::default()),

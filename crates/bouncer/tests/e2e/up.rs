@@ -219,3 +219,80 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     );
     assert!(out.contains("audit chain intact"), "{out}");
 }
+
+/// As soon as the admin answers `/healthz` and the gateway's port accepts,
+/// an authenticated request is served: the gateway holds the admin's keys
+/// in-process, with no window of `503 keys not loaded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_authenticated_requests_as_soon_as_the_admin_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_port, gateway_port, metrics_port, echo_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "upstreams:\n  echo: {{ targets: [127.0.0.1:{echo_port}] }}\nroutes:\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("bouncer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: 127.0.0.1:{admin_port}\n  database: sqlite://{0}/data/b.db\n  keys_dir: {0}/keys\n  issuer: http://127.0.0.1:{admin_port}\n  key_activation_delay: 0s\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {1}\n  jwks_url: http://127.0.0.1:{admin_port}/.well-known/jwks.json\n  issuer: http://127.0.0.1:{admin_port}\n  shutdown_grace: 2s\n",
+            dir.path().display(),
+            routes.display()
+        ),
+    )
+    .unwrap();
+    // The key exists before the start, so the test can sign a token the
+    // admin will verify (it never issued it: the gateway only checks keys).
+    let rotate = run_cli(&config, &["keys", "rotate"], None).await;
+    assert!(rotate.status.success(), "{}", String::from_utf8_lossy(&rotate.stderr));
+    let key = std::fs::read_dir(dir.path().join("keys")).unwrap().next().unwrap().unwrap().path();
+    let kid = key.file_stem().unwrap().to_str().unwrap().to_owned();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = json!({
+        "iss": format!("http://127.0.0.1:{admin_port}"), "aud": "bouncer",
+        "sub": uuid::Uuid::new_v4(), "sid": uuid::Uuid::new_v4(), "jti": uuid::Uuid::new_v4(),
+        "email": "early@example.com", "roles": ["user"], "iat": now, "nbf": now, "exp": now + 600,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some(kid);
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(&key).unwrap()).unwrap(),
+    )
+    .unwrap();
+
+    let mut up = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let admin_up = within(Duration::from_secs(30), async || {
+        let healthy = http.get(format!("http://127.0.0.1:{admin_port}/healthz")).send().await;
+        healthy.is_ok_and(|r| r.status() == 200)
+            && tokio::net::TcpStream::connect(("127.0.0.1", gateway_port)).await.is_ok()
+    })
+    .await;
+    assert!(admin_up.is_some(), "the admin never answered /healthz");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = http.get(format!("http://127.0.0.1:{gateway_port}/api/x")).bearer_auth(&token).send().await;
+        statuses.push(r.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200; 5], "authenticated requests right after the admin answered");
+    let ready = http.get(format!("http://127.0.0.1:{metrics_port}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "the gateway says ready too");
+    signal(&up, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "exit status {status}");
+}
