@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use bouncer_core::{audit::AuditEvent, claims::LEEWAY, config::AdminConfig};
 use bouncer_shared_state::{
-    RevocationBus,
+    Redis, RevocationBus,
     denials::{DenialEvent, DenialSource},
 };
 use bouncer_store::Store;
@@ -23,6 +23,9 @@ pub fn revocation_keep(config: &AdminConfig) -> Duration {
 pub async fn keep_revocations_recorded(bus: Arc<dyn RevocationBus>, store: Arc<dyn Store>, keep: Duration) {
     loop {
         bus.resync_wanted().await;
+        // Short: gateways that start while Redis is away become ready only
+        // once an admin has recorded the revocations there.
+        let mut retry = Backoff::up_to(Duration::from_secs(2));
         loop {
             let since = OffsetDateTime::now_utc() - keep;
             let recorded = match store.revocations_since(since).await {
@@ -37,9 +40,61 @@ pub async fn keep_revocations_recorded(bus: Arc<dyn RevocationBus>, store: Arc<d
                     break;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot record revocations in redis yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let pause = retry.pause();
+                    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "cannot record revocations in redis yet");
+                    tokio::time::sleep(pause).await;
                 }
+            }
+        }
+    }
+}
+
+/// Pauses between retries of a failing Redis or database call: from
+/// [`Backoff::FIRST`], doubling up to a cap, reset by a success.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    /// Up to 30 s: for work that can wait (the denial stream).
+    fn default() -> Self {
+        Self::up_to(Duration::from_secs(30))
+    }
+}
+
+impl Backoff {
+    pub const FIRST: Duration = Duration::from_millis(500);
+
+    pub fn up_to(max: Duration) -> Self {
+        Self { next: Self::FIRST.min(max), max }
+    }
+
+    /// The pause before the next attempt.
+    pub fn pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(self.max);
+        pause
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST.min(self.max);
+    }
+}
+
+/// Joins the denial stream on Redis as `consumer` — retrying while Redis
+/// is away, so an admin starts without it — and then records denials like
+/// [`record_denials`]. Runs forever.
+pub async fn record_denials_from_redis(redis: Redis, consumer: String, store: Arc<dyn Store>) {
+    let mut backoff = Backoff::default();
+    loop {
+        match DenialSource::redis(&redis, &consumer).await {
+            Ok(source) => return record_denials(source, store).await,
+            Err(e) => {
+                let pause = backoff.pause();
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot join the denial stream yet");
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -49,23 +104,30 @@ pub async fn keep_revocations_recorded(bus: Arc<dyn RevocationBus>, store: Arc<d
 /// it only after the commit; a batch that cannot be appended is retried
 /// (and, on Redis, redelivered after a crash). Runs until the source closes.
 pub async fn record_denials(mut source: DenialSource, store: Arc<dyn Store>) {
+    let mut backoff = Backoff::default();
     loop {
         let delivery = match source.next().await {
-            Ok(Some(d)) => d,
+            Ok(Some(d)) => {
+                backoff.reset();
+                d
+            }
             Ok(None) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read gateway denials; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let pause = backoff.pause();
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot read gateway denials");
+                tokio::time::sleep(pause).await;
                 continue;
             }
         };
         let events: Vec<AuditEvent> = delivery.events.iter().map(DenialEvent::to_audit).collect();
+        let mut retry = Backoff::default();
         loop {
             match store.append_audit_once(&events).await {
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::error!(error = %e, events = events.len(), "cannot append gateway denials; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let pause = retry.pause();
+                    tracing::error!(error = %e, events = events.len(), retry_in_ms = pause.as_millis() as u64, "cannot append gateway denials");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
@@ -73,5 +135,20 @@ pub async fn record_denials(mut source: DenialSource, store: Arc<dyn Store>) {
             // Redelivered later and recognised by id: nothing is lost or doubled.
             tracing::warn!(error = %e, "cannot acknowledge gateway denials");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::up_to(Duration::from_secs(3));
+        let pauses: Vec<u64> = (0..5).map(|_| b.pause().as_millis() as u64).collect();
+        assert_eq!(pauses, [500, 1000, 2000, 3000, 3000]);
+        b.reset();
+        assert_eq!(b.pause(), Backoff::FIRST);
+        assert_eq!(Backoff::default().max, Duration::from_secs(30));
     }
 }

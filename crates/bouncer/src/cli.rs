@@ -15,7 +15,7 @@ use bouncer_core::{
     routes::RouteTable,
 };
 use bouncer_gateway::SharedState;
-use bouncer_shared_state::{Redis, RedisBus, RevocationBus, denials::DenialSource};
+use bouncer_shared_state::{Redis, RedisBus, RevocationBus};
 use bouncer_store::{NewUser, Store, StoreError};
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
@@ -265,17 +265,7 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
                 let bus: Arc<dyn RevocationBus> =
                     Arc::new(Arc::new(RedisBus::new(redis.clone(), shared::revocation_keep(&admin))));
                 tokio::spawn(shared::keep_revocations_recorded(bus.clone(), store.clone(), shared::revocation_keep(&admin)));
-                let consumer = consumer_name(admin.listen);
-                let store = store.clone();
-                tokio::spawn(async move {
-                    loop {
-                        match DenialSource::redis(&redis, &consumer).await {
-                            Ok(source) => return shared::record_denials(source, store).await,
-                            Err(e) => tracing::warn!(error = %e, "cannot join the denial stream yet; retrying"),
-                        }
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                });
+                tokio::spawn(shared::record_denials_from_redis(redis, consumer_name(admin.listen), store.clone()));
                 bus
             }
             // Without Redis nothing outside this process listens.

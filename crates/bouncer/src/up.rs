@@ -105,21 +105,25 @@ impl BackgroundService for Admin {
                 self.set.apply(&r);
             }
             let (denials, finishing) = match self.denials.lock().await.take() {
-                Some((source, finishing)) => (source, Some(finishing)),
+                Some((source, finishing)) => (Some(source), Some(finishing)),
                 // Shared state on Redis: this admin consumes the stream like
                 // any admin replica, and keeps the revocation record current.
                 None => {
                     let redis = Redis::connect(self.config.redis.as_deref().unwrap_or_default(), &self.config.redis_prefix)?;
                     let keep = shared::revocation_keep(&admin);
                     tokio::spawn(shared::keep_revocations_recorded(self.bus.clone(), store.clone(), keep));
-                    (DenialSource::redis(&redis, &crate::cli::consumer_name(admin.listen)).await?, None)
+                    let consumer = crate::cli::consumer_name(admin.listen);
+                    tokio::spawn(shared::record_denials_from_redis(redis, consumer, store.clone()));
+                    (None, None)
                 }
             };
-            let recording = shared::record_denials(denials, store.clone());
-            tokio::spawn(async move {
-                recording.await;
-                drop(finishing);
-            });
+            if let Some(denials) = denials {
+                let recording = shared::record_denials(denials, store.clone());
+                tokio::spawn(async move {
+                    recording.await;
+                    drop(finishing);
+                });
+            }
             if self.config.redis.is_none() {
                 // In-process, the set is complete now; on Redis the
                 // gateway's own snapshot decides.

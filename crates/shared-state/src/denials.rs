@@ -23,6 +23,7 @@ use bouncer_core::audit::{Action, AuditContext, AuditEvent, Outcome};
 use fred::{
     clients::Client,
     interfaces::{ClientLike, StreamsInterface},
+    types::config::Options,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -285,6 +286,11 @@ pub struct RedisGroup {
 /// replica takes it over.
 const CLAIM_IDLE_MS: u64 = 60_000;
 
+/// How long one read of new entries waits for some to arrive.
+const BLOCK: Duration = Duration::from_secs(1);
+/// When a blocking read that Redis has not answered counts as failed.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(BLOCK.as_secs() + 5);
+
 impl DenialSource {
     /// Joins (creating if needed) the consumer group as `consumer`.
     pub async fn redis(redis: &Redis, consumer: &str) -> Result<Self, RedisError> {
@@ -367,19 +373,29 @@ impl RedisGroup {
     }
 
     async fn read_from(&self, id: &str) -> Result<Entries, RedisError> {
-        let block = if id == ">" { Some(1_000) } else { None };
-        let mut response: HashMap<String, Entries> = self
+        let block = (id == ">").then_some(BLOCK);
+        // A blocking read that finds nothing is an answer (nil), not a
+        // failure: it must outlive the client's default command timeout,
+        // or an idle admin logs a timeout at every read.
+        let options = Options { timeout: Some(BLOCK_TIMEOUT), ..Options::default() };
+        let reply: fred::types::Value = self
             .client
-            .xreadgroup_map(
+            .with_options(&options)
+            .xreadgroup(
                 GROUP,
                 self.name.as_str(),
                 Some(BATCH as u64),
-                block,
+                block.map(|b| b.as_millis() as u64),
                 false,
                 self.key.as_str(),
                 id,
             )
             .await?;
+        // Nil: the block ended with nothing new.
+        if reply.is_null() {
+            return Ok(Entries::new());
+        }
+        let mut response: HashMap<String, Entries> = reply.into_xread_response()?;
         Ok(response.remove(&self.key).unwrap_or_default())
     }
 }

@@ -8,9 +8,13 @@
 //! wake-ups per command (measured: ~45 µs per rate-limited request on one
 //! core). So each backend gets its own client, started where it is used.
 //!
-//! Commands fail fast while disconnected instead of queueing: every caller
-//! on the request path has a local answer (fallback buckets, last known
-//! revocations) and must not wait for Redis to come back.
+//! Callers on the request path never wait for Redis to come back: each
+//! has a local answer (fallback buckets, last known revocations) and its
+//! own short timeout. The connection itself never gives up — the first
+//! one included: a process started while Redis is down connects as soon as
+//! it answers (fred's `fail_fast` would end the connection task after one
+//! refused attempt, leaving a gateway started during an outage unready
+//! for good).
 
 use std::{future::Future, sync::OnceLock, time::Duration};
 
@@ -93,6 +97,7 @@ impl std::fmt::Debug for Redis {
 fn builder(config: &FredConfig) -> Builder {
     let mut builder = Builder::from_config(config.clone());
     builder
+        .with_config(|c| c.fail_fast = false)
         .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT * 10)
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);

@@ -3,16 +3,20 @@
 //!
 //! Two backends. [`InProcessBus`] when admin and gateway share a process.
 //! [`RedisBus`] across processes: the admin records each revocation in a
-//! sorted set (`{prefix}revocations`, scored by time, pruned and expiring
-//! after the longest token lifetime) and publishes it on a channel of the
-//! same name; each gateway subscribes, then loads the sorted set (the
-//! snapshot) — at start and again after every reconnect, so nothing
-//! published while it was away is missed.
+//! sorted set (`{prefix}revocations`, scored by time, pruned after the
+//! longest token lifetime) and publishes it on a channel of the same name;
+//! each gateway subscribes, then loads the sorted set (the snapshot) — at
+//! start and again after every reconnect, so nothing published while it
+//! was away is missed.
 //!
 //! The store stays the source of truth: the admin re-records its recent
-//! revocations into Redis whenever its own connection comes back or a
-//! publish failed, so a Redis that lost its data (or was down during a ban)
-//! converges again.
+//! revocations into Redis when it starts, whenever its own connection comes
+//! back and after a failed publish, so a Redis that lost its data (or was
+//! down during a ban) converges again; what a re-record adds is announced
+//! too. Every record also marks the set as recorded, and a gateway counts a
+//! snapshot as complete (and itself ready) only with that mark: a Redis
+//! that came up empty has no mark until an admin has written the store's
+//! revocations into it.
 
 use std::{
     future::Future,
@@ -68,7 +72,8 @@ pub trait RevocationBus: Send + Sync + 'static {
         Box::pin(std::future::pending())
     }
 
-    /// Writes revocations to the shared record without announcing them.
+    /// Writes revocations to the shared record and marks it recorded;
+    /// announces those it did not hold yet.
     fn record<'a>(&'a self, _revocations: &'a [Revocation]) -> BoxFuture<'a, Result<(), RedisError>> {
         Box::pin(async { Ok(()) })
     }
@@ -102,16 +107,27 @@ impl RevocationBus for InProcessBus {
     }
 }
 
-/// Adds revocations to the sorted set, prunes what no live token can match
-/// any more (by Redis's clock) and renews the TTL, atomically.
+/// Member of the sorted set saying that an admin has recorded the store's
+/// revocations in this Redis (since it started, or lost its data): a
+/// snapshot without it is not complete, whatever else it holds.
+const RECORDED: &str = "recorded";
+
+/// Adds revocations to the sorted set and announces each one it did not
+/// hold yet on the channel (so a resync after an outage reaches gateways
+/// that are already subscribed), marks the set as recorded, and prunes
+/// what no live token can match any more (by Redis's clock), atomically.
+/// The key does not expire: the mark must outlive quiet periods, and the
+/// pruning keeps it small.
 const RECORD_SCRIPT: &str = r#"
 local now = tonumber(redis.call('TIME')[1])
-local ttl = tonumber(ARGV[1])
+local keep = tonumber(ARGV[1])
 for i = 2, #ARGV, 2 do
-  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  if redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('PUBLISH', KEYS[1], ARGV[i + 1])
+  end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - ttl))
-redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[1], '+inf', 'recorded')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - keep))
 return redis.call('ZCARD', KEYS[1])
 "#;
 
@@ -168,14 +184,6 @@ impl RedisBus {
             self.record_script.evalsha_with_reload(self.redis.client(), self.key.as_str(), args).await?;
         Ok(())
     }
-
-    async fn record_and_publish(&self, revocations: Vec<Revocation>) -> Result<(), RedisError> {
-        self.record_now(&revocations).await?;
-        for r in &revocations {
-            let () = self.redis.client().publish(self.key.as_str(), encode(r)).await?;
-        }
-        Ok(())
-    }
 }
 
 impl RevocationBus for Arc<RedisBus> {
@@ -186,7 +194,8 @@ impl RevocationBus for Arc<RedisBus> {
         let bus = self.clone();
         let revocations = revocations.to_vec();
         crate::redis::spawn(async move {
-            if let Err(e) = bus.record_and_publish(revocations).await {
+            // The script announces what it adds.
+            if let Err(e) = bus.record_now(&revocations).await {
                 // Gateways keep their last set; the store still has it all,
                 // and the resync puts it back into Redis when it answers.
                 tracing::error!(error = %e, "could not publish revocations to redis; will resync");
@@ -286,7 +295,12 @@ async fn run_subscriber(bus: Arc<RedisBus>) {
     }
 }
 
+/// Loads the sorted set and hands every revocation to the subscribers;
+/// retries until the set carries the admins' [`RECORDED`] mark (Redis
+/// started empty, or lost its data, and no admin has written the store's
+/// revocations back yet), which makes the bus synced.
 async fn snapshot_until_loaded(bus: &RedisBus) {
+    let mut waiting_said = false;
     loop {
         match bus
             .redis
@@ -299,15 +313,18 @@ async fn snapshot_until_loaded(bus: &RedisBus) {
                 for r in members.iter().filter_map(|m| decode(m)) {
                     let _ = bus.sender.send(r);
                 }
-                bus.synced.store(true, Ordering::SeqCst);
-                tracing::debug!(count, "revocation snapshot loaded");
-                return;
+                if members.iter().any(|m| m == RECORDED) {
+                    bus.synced.store(true, Ordering::SeqCst);
+                    tracing::debug!(count, "revocation snapshot loaded");
+                    return;
+                }
+                if !std::mem::replace(&mut waiting_said, true) {
+                    tracing::info!("waiting for an admin to record the revocations in redis");
+                }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load the revocation snapshot; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot load the revocation snapshot; retrying"),
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
