@@ -11,10 +11,8 @@
 //! Callers on the request path never wait for Redis to come back: each
 //! has a local answer (fallback buckets, last known revocations) and its
 //! own short timeout. The connection itself never gives up — the first
-//! one included: a process started while Redis is down connects as soon as
-//! it answers (fred's `fail_fast` would end the connection task after one
-//! refused attempt, leaving a gateway started during an outage unready
-//! for good).
+//! one included ([`keep_connected`]): a process started while Redis is down
+//! connects as soon as it answers.
 
 use std::{future::Future, sync::OnceLock, time::Duration};
 
@@ -74,6 +72,34 @@ fn in_runtime<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Drives `client`'s connection for the life of the process. fred's
+/// reconnect policy covers a connection that was up once, but a first
+/// attempt that fails ends fred's connection task (with its default
+/// `fail_fast`), which left a process started during a Redis outage
+/// disconnected for good. This starts it again, with pauses growing from
+/// 100 ms to 2 s, until it connects. (fred's own `fail_fast: false` would
+/// retry too, but sleeps 100 ms before even the first attempt, which every
+/// process start would pay.)
+pub(crate) fn keep_connected<C: ClientLike + Clone + Send + Sync + 'static>(client: C) {
+    spawn(async move {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match client.connect().await {
+                // QUIT, or the client was dropped: nothing to keep.
+                Ok(Ok(())) => return,
+                Ok(Err(e)) if e.is_canceled() => return,
+                Ok(Err(e)) => tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "redis not reachable yet"),
+                Err(e) => {
+                    tracing::error!(error = %e, "the redis connection task failed");
+                    return;
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    });
+}
+
 /// Timeout of one command on the request path (bucket checks).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -97,7 +123,6 @@ impl std::fmt::Debug for Redis {
 fn builder(config: &FredConfig) -> Builder {
     let mut builder = Builder::from_config(config.clone());
     builder
-        .with_config(|c| c.fail_fast = false)
         .with_performance_config(|p| p.default_command_timeout = COMMAND_TIMEOUT * 10)
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
@@ -127,7 +152,7 @@ impl Redis {
     /// The client, its connection task started on the caller's runtime the
     /// first time (on the background runtime outside any).
     pub(crate) fn client(&self) -> &Client {
-        self.started.call_once(|| in_runtime(|| drop(self.client.connect())));
+        self.started.call_once(|| in_runtime(|| keep_connected(self.client.clone())));
         &self.client
     }
 

@@ -252,7 +252,7 @@ async fn run_subscriber(bus: Arc<RedisBus>) {
     };
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
-    subscriber.connect();
+    crate::redis::keep_connected(subscriber.clone());
     // Resubscribes by itself after every reconnect.
     let _resubscriber = subscriber.manage_subscriptions();
     loop {
