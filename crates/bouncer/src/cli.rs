@@ -8,15 +8,10 @@ use std::{
 
 use anyhow::{Context, bail};
 use bouncer_admin::{AppState, keys, passwords::Passwords, shared};
-use bouncer_core::{
-    audit::{Action, AuditContext, Outcome},
-    config::Config,
-    email::Email,
-    routes::RouteTable,
-};
+use bouncer_core::{audit::AuditContext, config::Config, email::Email, routes::RouteTable};
 use bouncer_gateway::SharedState;
 use bouncer_shared_state::{Redis, RedisBus, RevocationBus};
-use bouncer_store::{NewUser, Store, StoreError};
+use bouncer_store::{NewUser, Store, StoreError, UserOrigin};
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
 use tokio::runtime::Runtime;
@@ -337,11 +332,16 @@ fn add_user(config: Config, email: &str, roles: Vec<String>, password_stdin: boo
         let hash = Passwords::new(config.admin.password.hash, 1)?.hash(password).await?;
         let id = Uuid::now_v7();
         let now = OffsetDateTime::now_utc();
-        let details = serde_json::json!({ "email": email.as_str(), "roles": roles });
         let cli = AuditContext { actor: Some("cli".into()), ..AuditContext::default() };
-        let audit = cli.event(now, Action::UserCreated, Some(id.to_string()), Outcome::Success, &details);
-        let new = NewUser { id, email: email.clone(), password_hash: hash, roles, now };
-        let user = store.create_user(new, audit).await.map_err(|e| match e {
+        let new = NewUser {
+            id,
+            email: email.clone(),
+            password_hash: hash,
+            roles,
+            now,
+            origin: UserOrigin::Operator,
+        };
+        let user = store.create_user(new, &cli).await.map_err(|e| match e {
             StoreError::EmailTaken => anyhow::anyhow!("a user with email {} already exists", email.as_str()),
             StoreError::UnknownRole(role) => {
                 anyhow::anyhow!("unknown role {role:?} (built-in roles: admin, user, service)")

@@ -8,12 +8,16 @@
 //! finds the first break. Deleting records at the *end* leaves a valid but
 //! shorter chain, which is why operators anchor the head hash elsewhere.
 
+pub mod events;
+
 use std::fmt::Write as _;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+pub use events::{Audited, GatewayDenial, LoginFailure};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: [u8; 32] = [0; 32];
@@ -132,7 +136,9 @@ pub struct AuditEvent {
 }
 
 impl AuditContext {
-    /// Builds an event in this context. `details` must hold no secret.
+    /// Builds an event in this context from its parts. Bouncer's own changes
+    /// go through [`Audited::event`], which decides the parts; this is for
+    /// tools and tests. `details` must hold no secret.
     pub fn event(
         &self,
         at: OffsetDateTime,

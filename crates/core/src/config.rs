@@ -316,7 +316,7 @@ impl Config {
         let a = &self.admin;
         DatabaseUrl::parse(&a.database).map_err(|e| format!("admin.database: {e}"))?;
         let access = a.access_token_ttl.get();
-        if access.as_secs() < 1 || access.as_secs() > 24 * 3600 {
+        if access.as_secs() < 1 || access > crate::revocation::MAX_ACCESS_TOKEN_TTL {
             return Err("admin.access_token_ttl: must be between 1s and 24h".into());
         }
         if a.refresh_token_ttl.get() <= access {

@@ -17,9 +17,26 @@ pub fn is_valid_role_name(name: &str) -> bool {
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
 }
 
+/// Whether changing a user's roles from `before` to `after` must revoke
+/// their sessions at once: removing any role does (tokens carry the roles,
+/// so an old token would keep the removed one until it expires); only
+/// adding roles does not — the next refresh shows them.
+pub fn change_revokes(before: &[String], after: &[String]) -> bool {
+    before.iter().any(|r| !after.contains(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removing_a_role_revokes_adding_one_does_not() {
+        let v = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(change_revokes(&v(&["admin", "user"]), &v(&["user"])));
+        assert!(change_revokes(&v(&["admin"]), &v(&["user"])));
+        assert!(!change_revokes(&v(&["user"]), &v(&["user", "admin"])));
+        assert!(!change_revokes(&v(&[]), &v(&[])));
+    }
 
     #[test]
     fn role_names() {

@@ -8,6 +8,9 @@
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::audit::{Audited, LoginFailure};
 
 /// Failures recorded for one key inside the current window, as they bear on
 /// a limit.
@@ -70,6 +73,56 @@ pub fn decide_all(
         .map_or(ThrottleDecision::Allow, |retry_after_secs| ThrottleDecision::Deny { retry_after_secs })
 }
 
+/// How a password check under the throttle ended, when it did not end in
+/// a new session (a successful login settles its attempt with the session).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptEnd<'a> {
+    WrongPassword {
+        user: Uuid,
+        email_key: &'a str,
+    },
+    UnknownEmail {
+        email_key: &'a str,
+    },
+    /// The right password for a banned account.
+    Banned {
+        user: Uuid,
+        email_key: &'a str,
+    },
+    /// A password change with the wrong current password.
+    WrongCurrentPassword {
+        user: Uuid,
+    },
+    /// A password change with the right current password (audited with
+    /// the change itself).
+    RightCurrentPassword,
+}
+
+impl AttemptEnd<'_> {
+    /// Whether the attempt's reserved failure rows are deleted: the right
+    /// password was no guess, whatever happens next.
+    pub fn forgiven(&self) -> bool {
+        matches!(self, AttemptEnd::Banned { .. } | AttemptEnd::RightCurrentPassword)
+    }
+
+    /// What the audit log records for it, if anything.
+    pub fn audited(&self) -> Option<Audited<'_>> {
+        Some(match *self {
+            AttemptEnd::WrongPassword { user, email_key } => {
+                Audited::LoginFailed { user: Some(user), email_key, reason: LoginFailure::WrongPassword }
+            }
+            AttemptEnd::UnknownEmail { email_key } => {
+                Audited::LoginFailed { user: None, email_key, reason: LoginFailure::UnknownEmail }
+            }
+            AttemptEnd::Banned { user, email_key } => {
+                Audited::LoginFailed { user: Some(user), email_key, reason: LoginFailure::Banned }
+            }
+            AttemptEnd::WrongCurrentPassword { user } => Audited::PasswordChangeRefused { user },
+            AttemptEnd::RightCurrentPassword => return None,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +159,26 @@ mod tests {
         let seen = FailureWindow::of(&times, 5);
         assert_eq!(seen.pivot, Some(at(200)));
         assert_eq!(decide(seen, 5, WINDOW, at(700)), ThrottleDecision::Deny { retry_after_secs: 400 });
+    }
+
+    #[test]
+    fn only_a_right_password_is_forgiven() {
+        let user = Uuid::from_u128(1);
+        let k = "a@example.com";
+        let ends = [
+            (
+                AttemptEnd::WrongPassword { user, email_key: k },
+                false,
+                Some(crate::audit::Action::LoginFailed),
+            ),
+            (AttemptEnd::UnknownEmail { email_key: k }, false, Some(crate::audit::Action::LoginFailed)),
+            (AttemptEnd::Banned { user, email_key: k }, true, Some(crate::audit::Action::LoginFailed)),
+            (AttemptEnd::WrongCurrentPassword { user }, false, Some(crate::audit::Action::PasswordChanged)),
+            (AttemptEnd::RightCurrentPassword, true, None),
+        ];
+        for (end, forgiven, action) in ends {
+            assert_eq!((end.forgiven(), end.audited().map(|a| a.action())), (forgiven, action), "{end:?}");
+        }
     }
 
     #[test]

@@ -59,9 +59,51 @@ pub fn hash_presented(token: &str) -> Option<TokenHash> {
     (n == REFRESH_TOKEN_BYTES).then(|| TokenHash(Sha256::digest(bytes).into()))
 }
 
+/// What the store found for a presented refresh token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presented {
+    /// No such token.
+    Unknown,
+    /// It was exchanged before: whoever presents it now replayed it.
+    AlreadyRotated,
+    /// Live, and now spent (the conditional update that spends it is the
+    /// race arbiter); `session_live` and `user_banned` describe its session.
+    Spent { session_live: bool, user_banned: bool },
+}
+
+/// The refresh rotation rule (strict OAuth 2.0 BCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// Refuse and change nothing (a spent token is rolled back).
+    Invalid,
+    /// Refuse and revoke the whole session: the token family leaked.
+    RevokeSession,
+    /// Store the next token of the family and issue an access token.
+    Rotate,
+}
+
+pub fn refresh_outcome(presented: Presented) -> RefreshOutcome {
+    match presented {
+        Presented::Unknown => RefreshOutcome::Invalid,
+        Presented::AlreadyRotated => RefreshOutcome::RevokeSession,
+        Presented::Spent { session_live: true, user_banned: false } => RefreshOutcome::Rotate,
+        Presented::Spent { .. } => RefreshOutcome::Invalid,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_live_token_of_a_live_session_rotates_and_a_replay_revokes() {
+        let spent = |session_live, user_banned| Presented::Spent { session_live, user_banned };
+        assert_eq!(refresh_outcome(Presented::Unknown), RefreshOutcome::Invalid);
+        assert_eq!(refresh_outcome(Presented::AlreadyRotated), RefreshOutcome::RevokeSession);
+        assert_eq!(refresh_outcome(spent(true, false)), RefreshOutcome::Rotate);
+        assert_eq!(refresh_outcome(spent(false, false)), RefreshOutcome::Invalid);
+        assert_eq!(refresh_outcome(spent(true, true)), RefreshOutcome::Invalid);
+    }
 
     #[test]
     fn presented_token_hashes_like_the_minted_one() {

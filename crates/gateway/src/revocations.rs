@@ -139,6 +139,7 @@ impl BackgroundService for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bouncer_core::revocation::RevokeReason;
     use time::macros::datetime;
 
     #[test]
@@ -146,8 +147,8 @@ mod tests {
         let set = RevocationSet::default();
         let (u, s, other) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
         let at = datetime!(2026-01-01 00:00:10 UTC);
-        set.apply(&Revocation::user(u, at, "banned"));
-        set.apply(&Revocation::session(s, other, at, "logout"));
+        set.apply(&Revocation::user(u, at, RevokeReason::Banned));
+        set.apply(&Revocation::session(s, other, at, RevokeReason::Logout));
         assert!(set.is_revoked(u, Uuid::from_u128(9), at.unix_timestamp() - 1));
         assert!(
             !set.is_revoked(u, Uuid::from_u128(9), at.unix_timestamp()),

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use bouncer_core::audit::{Action, AuditContext, AuditEvent, Outcome};
+use bouncer_core::audit::{AuditContext, AuditEvent, Audited, GatewayDenial};
 use fred::{
     clients::Client,
     interfaces::{ClientLike, StreamsInterface},
@@ -60,26 +60,26 @@ pub struct DenialEvent {
 }
 
 impl DenialEvent {
-    /// The audit log's form of this event. The actor is the caller when the
-    /// token was valid (403, 429), `gateway` otherwise.
+    /// The audit log's form of this event (core's `Audited::GatewayDenied`),
+    /// keeping the id fixed at the gateway.
     pub fn to_audit(&self) -> AuditEvent {
         let ctx = AuditContext {
-            actor: Some(self.user_id.clone().unwrap_or_else(|| "gateway".into())),
+            actor: None,
             ip: self.ip.clone(),
             user_agent: None,
             request_id: self.request_id.clone(),
         };
-        let details = serde_json::json!({
-            "status": self.status,
-            "decision": self.decision,
-            "route": self.route,
-            "method": self.method,
-            "path": self.path,
-            "bucket": self.bucket,
-            "count": self.count,
-        });
-        let mut event =
-            ctx.event(self.at, Action::GatewayDenied, self.user_id.clone(), Outcome::Denied, &details);
+        let denial = GatewayDenial {
+            status: self.status,
+            decision: self.decision.clone(),
+            route: self.route.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            user_id: self.user_id.clone(),
+            bucket: self.bucket.clone(),
+            count: self.count,
+        };
+        let mut event = Audited::GatewayDenied(&denial).event(&ctx, self.at);
         event.id = self.id;
         event
     }
@@ -403,6 +403,7 @@ impl RedisGroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bouncer_core::audit::Action;
     use time::macros::datetime;
 
     fn denial(status: u16, at: OffsetDateTime, bucket: &str) -> DenialEvent {

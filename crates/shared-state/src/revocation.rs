@@ -28,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use bouncer_core::revocation::{Revocation, RevocationKind};
+use bouncer_core::revocation::{Revocation, RevocationKind, RevokeReason};
 use fred::{
     interfaces::{ClientLike, EventInterface, PubsubInterface, SortedSetsInterface},
     types::scripts::Script,
@@ -342,7 +342,8 @@ fn decode(s: &str) -> Option<Revocation> {
     let user_id = Uuid::parse_str(parts.next()?).ok()?;
     let micros: i128 = parts.next()?.parse().ok()?;
     let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).ok()?;
-    let reason = parts.next()?.to_owned();
+    // Whatever the label, the revocation is enforced.
+    let reason = RevokeReason::parse(parts.next()?);
     Some(Revocation { kind, id, user_id, at, reason })
 }
 
@@ -355,9 +356,9 @@ mod tests {
     async fn every_subscriber_sees_what_is_published_after_it_subscribed() {
         let bus = InProcessBus::default();
         let at = datetime!(2026-01-01 00:00 UTC);
-        bus.publish(&[Revocation::user(Uuid::from_u128(9), at, "before anyone listened")]);
+        bus.publish(&[Revocation::user(Uuid::from_u128(9), at, RevokeReason::Banned)]);
         let (mut a, mut b) = (bus.subscribe(), bus.subscribe());
-        let r = Revocation::session(Uuid::from_u128(1), Uuid::from_u128(2), at, "logout");
+        let r = Revocation::session(Uuid::from_u128(1), Uuid::from_u128(2), at, RevokeReason::Logout);
         bus.publish(std::slice::from_ref(&r));
         assert_eq!(a.recv().await.unwrap(), r);
         assert_eq!(b.recv().await.unwrap(), r);
@@ -368,8 +369,8 @@ mod tests {
     fn the_wire_form_round_trips_and_refuses_garbage() {
         let at = datetime!(2026-03-04 05:06:07.123456 UTC);
         for r in [
-            Revocation::user(Uuid::from_u128(7), at, "banned"),
-            Revocation::session(Uuid::from_u128(1), Uuid::from_u128(2), at, "logout"),
+            Revocation::user(Uuid::from_u128(7), at, RevokeReason::Banned),
+            Revocation::session(Uuid::from_u128(1), Uuid::from_u128(2), at, RevokeReason::Logout),
         ] {
             assert_eq!(decode(&encode(&r)), Some(r));
         }

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use bouncer_core::{
     bucket::{self, Limit},
     config::OnStoreError,
-    revocation::Revocation,
+    revocation::{Revocation, RevokeReason},
 };
 use bouncer_shared_state::{
     Redis, RedisBus, RevocationBus,
@@ -145,7 +145,7 @@ async fn revocations_fan_out_and_late_or_reconnecting_subscribers_load_the_snaps
     }
     // Stores keep microseconds; so does the wire form.
     let now = bouncer_core::audit::truncate_to_micros(OffsetDateTime::now_utc());
-    let ban = Revocation::user(Uuid::now_v7(), now, "banned");
+    let ban = Revocation::user(Uuid::now_v7(), now, RevokeReason::Banned);
     admin.publish(std::slice::from_ref(&ban));
     assert_eq!(next_revocation(&mut early).await, ban, "published revocations reach subscribers");
 
@@ -156,7 +156,7 @@ async fn revocations_fan_out_and_late_or_reconnecting_subscribers_load_the_snaps
 
     // Redis restarts empty: the admin's resync puts the store's revocations
     // back, and the reconnecting subscriber reloads them.
-    let logout = Revocation::session(Uuid::now_v7(), Uuid::now_v7(), now, "logout");
+    let logout = Revocation::session(Uuid::now_v7(), Uuid::now_v7(), now, RevokeReason::Logout);
     server.restart();
     tokio::time::timeout(Duration::from_secs(10), admin.resync_wanted())
         .await
@@ -169,7 +169,7 @@ async fn revocations_fan_out_and_late_or_reconnecting_subscribers_load_the_snaps
     assert_eq!(server.cli(&["zcard", "test:revocations"]), "3", "two revocations and the mark");
     assert_eq!(server.cli(&["ttl", "test:revocations"]), "-1", "the mark must outlive quiet periods");
     // Members older than the keep time are pruned at the next record.
-    let old = Revocation::user(Uuid::now_v7(), now - Duration::from_secs(7200), "banned");
+    let old = Revocation::user(Uuid::now_v7(), now - Duration::from_secs(7200), RevokeReason::Banned);
     admin.record(std::slice::from_ref(&old)).await.unwrap();
     assert_eq!(server.cli(&["zcard", "test:revocations"]), "3", "the two-hour-old ban is pruned at once");
 }

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use bouncer_core::{
     audit::{self, AuditContext, AuditEvent, AuditRecord, StoredRecord},
     config::DatabaseUrl,
-    revocation::Revocation,
-    throttle::ThrottleDecision,
+    revocation::{Revocation, RevocationKind},
+    throttle::{AttemptEnd, ThrottleDecision},
     token::TokenHash,
 };
 use time::OffsetDateTime;
@@ -85,9 +85,10 @@ pub trait Store: Send + Sync + 'static {
     /// Cheap round trip proving the database answers (readiness).
     async fn ping(&self) -> Result<()>;
 
-    /// Creates a user with `roles` and appends `audit`. `EmailTaken` when
-    /// the case-folded email exists; `UnknownRole` when a role does not.
-    async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<User>;
+    /// Creates a user with `roles` and records `user.signup` or
+    /// `user.created` (per `new.origin`). `EmailTaken` when the case-folded
+    /// email exists; `UnknownRole` when a role does not.
+    async fn create_user(&self, new: NewUser, ctx: &AuditContext) -> Result<User>;
 
     async fn user(&self, id: Uuid) -> Result<Option<User>>;
 
@@ -114,8 +115,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Revocation>>;
 
     /// Stores a session and its first refresh token, settles the login
-    /// attempt that earned it (`new.attempt`), and appends `audit`.
-    async fn create_session(&self, new: NewSession, audit: AuditEvent) -> Result<()>;
+    /// attempt that earned it (`new.attempt`), and records
+    /// `auth.login.succeeded`.
+    async fn create_session(&self, new: NewSession, ctx: &AuditContext) -> Result<()>;
 
     /// The session and its user, for checking a bearer token's `sid`.
     async fn session(&self, id: Uuid) -> Result<Option<(Session, User)>>;
@@ -157,14 +159,16 @@ pub trait Store: Send + Sync + 'static {
     /// Also forgets failures older than the window.
     async fn begin_login_attempt(&self, attempt: &LoginAttempt) -> Result<ThrottleDecision>;
 
-    /// Settles an attempt that did not end in a session: `forgive` deletes
-    /// its failure rows (the password was right, e.g. a banned account);
-    /// otherwise they stay as the failure. Appends `audit` if given.
+    /// Settles an attempt that did not end in a session, as `end` says
+    /// (core's [`AttemptEnd`]): a forgiven attempt's failure rows are
+    /// deleted (the password was right), otherwise they stay as the
+    /// failure; records what `end` audits.
     async fn finish_login_attempt(
         &self,
         attempt: Uuid,
-        forgive: bool,
-        audit: Option<AuditEvent>,
+        end: AttemptEnd<'_>,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<()>;
 
     /// Appends events to the audit chain on their own (no other change).
@@ -188,8 +192,9 @@ pub trait Store: Send + Sync + 'static {
     /// All roles, by name.
     async fn roles(&self) -> Result<Vec<Role>>;
 
-    /// Creates a role (`RoleExists` when taken) and appends `audit`.
-    async fn create_role(&self, role: &Role, audit: AuditEvent) -> Result<()>;
+    /// Creates a role (`RoleExists` when taken, by the primary key on both
+    /// backends) and records `role.created`.
+    async fn create_role(&self, role: &Role, now: OffsetDateTime, ctx: &AuditContext) -> Result<()>;
 
     /// Deletes a role: `NotFound`, `BuiltinRole`, or `RoleInUse` unless
     /// `force`, which removes it from its holders and revokes their tokens.
@@ -206,8 +211,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_users(&self, filter: &UserFilter) -> Result<Vec<User>>;
 
     /// Replaces a user's roles (`NotFound`, `UnknownRole`) and records
-    /// `user.roles.changed`. Removing any role revokes every session of the
-    /// user at once; adding roles revokes nothing (a refresh shows them).
+    /// `user.roles.changed`; revokes the user's sessions when
+    /// [`bouncer_core::role::change_revokes`] says so.
     async fn set_roles(
         &self,
         user_id: Uuid,
@@ -265,6 +270,11 @@ pub async fn verify_audit_chain(store: &dyn Store) -> Result<Result<(i64, [u8; 3
             _ => return Ok(Ok((verifier.count(), verifier.head()))),
         }
     }
+}
+
+/// The sessions among `revocations` (what a whole-user revocation audits).
+pub(crate) fn revoked_sessions(revocations: &[Revocation]) -> Vec<Uuid> {
+    revocations.iter().filter(|r| r.kind == RevocationKind::Session).map(|r| r.id).collect()
 }
 
 /// Stored rows as records; the first that does not parse is an error.

@@ -1,6 +1,6 @@
 //! Domain types the store reads and writes. Rows never leave the backends.
 
-use bouncer_core::{email::Email, revocation::Revocation, token::TokenHash};
+use bouncer_core::{audit::Audited, email::Email, revocation::Revocation, token::TokenHash};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -53,6 +53,26 @@ pub struct NewUser {
     pub password_hash: String,
     pub roles: Vec<String>,
     pub now: OffsetDateTime,
+    pub origin: UserOrigin,
+}
+
+/// How a user came to be, which the audit record tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserOrigin {
+    /// `POST /auth/signup`.
+    Signup,
+    /// An operator (`bouncer user add`).
+    Operator,
+}
+
+impl NewUser {
+    pub(crate) fn audited(&self) -> Audited<'_> {
+        let (user, email, roles) = (self.id, self.email.as_str(), self.roles.as_slice());
+        match self.origin {
+            UserOrigin::Signup => Audited::UserSignup { user, email, roles },
+            UserOrigin::Operator => Audited::UserCreated { user, email, roles },
+        }
+    }
 }
 
 /// One login's family of refresh tokens.
@@ -107,7 +127,7 @@ pub enum Rotation {
     /// The token was live; it is now spent and the next one is stored.
     Rotated { session: Session, user: User },
     /// The token had already been rotated: someone replayed it. The session
-    /// is now revoked (reason `reuse_detected`).
+    /// is now revoked (`RevokeReason::ReuseDetected`).
     Reused { session_id: Uuid, user_id: Uuid, revocation: Revocation },
     /// Unknown token, expired or revoked session, or banned user.
     Invalid,

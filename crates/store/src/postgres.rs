@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bouncer_core::{
-    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome, StoredContent, StoredRecord},
-    revocation::{Revocation, RevocationKind},
-    throttle::{self, FailureWindow, ThrottleDecision},
-    token::TokenHash,
+    audit::{self, AuditContext, AuditEvent, AuditRecord, Audited, StoredContent, StoredRecord},
+    revocation::{Revocation, RevocationKind, RevokeReason},
+    role,
+    throttle::{self, AttemptEnd, FailureWindow, ThrottleDecision},
+    token::{self, Presented, RefreshOutcome, TokenHash},
 };
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use serde_json::json;
 use time::OffsetDateTime;
 use tokio_postgres::{NoTls, Row, error::SqlState};
 use uuid::Uuid;
@@ -81,6 +81,11 @@ async fn append<C: GenericClient>(tx: &C, events: &[AuditEvent]) -> Result<()> {
         prev = (r.seq, r.hash);
     }
     Ok(())
+}
+
+/// A row the transaction itself just found is gone: a bug, not a client error.
+fn missing(what: &str) -> StoreError {
+    StoreError::Database(format!("{what} vanished inside its own transaction"))
 }
 
 fn hash32(bytes: Vec<u8>) -> Result<[u8; 32]> {
@@ -275,7 +280,7 @@ async fn record_revocations<C: GenericClient>(tx: &C, revocations: &[Revocation]
         .await
         .map_err(pg_err)?;
     for r in revocations {
-        tx.execute(&insert, &[&r.kind.as_str(), &r.id, &r.user_id, &r.at, &r.reason])
+        tx.execute(&insert, &[&r.kind.as_str(), &r.id, &r.user_id, &r.at, &r.reason.as_str()])
             .await
             .map_err(pg_err)?;
     }
@@ -288,21 +293,23 @@ async fn revoke_user<C: GenericClient>(
     tx: &C,
     user_id: Uuid,
     now: OffsetDateTime,
-    reason: &str,
+    reason: RevokeReason,
 ) -> Result<Vec<Revocation>> {
     tx.execute("UPDATE users SET revoked_before = $2 WHERE id = $1", &[&user_id, &now])
         .await
         .map_err(pg_err)?;
-    let sessions = tx
+    let sessions: Vec<Uuid> = tx
         .query(
             "UPDATE sessions SET revoked_at = $2, revoke_reason = $3
               WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 RETURNING id",
-            &[&user_id, &now, &reason],
+            &[&user_id, &now, &reason.as_str()],
         )
         .await
-        .map_err(pg_err)?;
-    let mut revocations = vec![Revocation::user(user_id, now, reason)];
-    revocations.extend(sessions.iter().map(|r| Revocation::session(r.get(0), user_id, now, reason)));
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let revocations = Revocation::of_user(user_id, &sessions, now, reason);
     record_revocations(tx, &revocations).await?;
     Ok(revocations)
 }
@@ -384,7 +391,7 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<User> {
+    async fn create_user(&self, new: NewUser, ctx: &AuditContext) -> Result<User> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let known: Vec<String> = tx
@@ -413,7 +420,7 @@ impl Store for PgStore {
             .query_one(&format!("SELECT {USER_COLUMNS} FROM users u WHERE u.id = $1"), &[&new.id])
             .await
             .map_err(pg_err)?;
-        append(&tx, &[audit]).await?;
+        append(&tx, &[new.audited().event(ctx, new.now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(user_from(&row))
     }
@@ -465,29 +472,28 @@ impl Store for PgStore {
         tx.execute("UPDATE users SET password_hash = $2 WHERE id = $1", &[&id, &hash])
             .await
             .map_err(pg_err)?;
-        let revoked: Vec<Revocation> = tx
+        let reason = RevokeReason::PasswordChanged;
+        let sessions: Vec<Uuid> = tx
             .query(
-                "UPDATE sessions SET revoked_at = $3, revoke_reason = 'password_changed'
+                "UPDATE sessions SET revoked_at = $3, revoke_reason = $4
                   WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2 RETURNING id",
-                &[&id, &keep_session, &now],
+                &[&id, &keep_session, &now, &reason.as_str()],
             )
             .await
             .map_err(pg_err)?
             .iter()
-            .map(|r| Revocation::session(r.get(0), id, now, "password_changed"))
+            .map(|r| r.get(0))
             .collect();
+        let revoked: Vec<Revocation> =
+            sessions.iter().map(|&s| Revocation::session(s, id, now, reason)).collect();
         record_revocations(&tx, &revoked).await?;
-        let details = json!({ "revoked_sessions": revoked.iter().map(|r| r.id).collect::<Vec<_>>() });
-        append(
-            &tx,
-            &[ctx.event(now, Action::PasswordChanged, Some(id.to_string()), Outcome::Success, &details)],
-        )
-        .await?;
+        let audited = Audited::PasswordChanged { user: id, revoked_sessions: &sessions };
+        append(&tx, &[audited.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(revoked)
     }
 
-    async fn create_session(&self, new: NewSession, audit: AuditEvent) -> Result<()> {
+    async fn create_session(&self, new: NewSession, ctx: &AuditContext) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let stmt = tx
@@ -509,7 +515,8 @@ impl Store for PgStore {
                 .map_err(pg_err)?;
             tx.execute(&settle, &[&attempt.id, &attempt.account_key]).await.map_err(pg_err)?;
         }
-        append(&tx, &[audit]).await?;
+        let audited = Audited::LoginSucceeded { user: new.user_id, session: new.id };
+        append(&tx, &[audited.event(ctx, new.now)]).await?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -535,59 +542,61 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         let spent = tx.query_opt(&spend, &[&&presented.0[..], &now]).await.map_err(pg_err)?;
-        let Some(row) = spent else {
-            let seen = tx
-                .query_opt("SELECT session_id FROM refresh_tokens WHERE hash = $1", &[&&presented.0[..]])
-                .await
-                .map_err(pg_err)?;
-            let Some(seen) = seen else { return Ok(Rotation::Invalid) };
-            let session_id: Uuid = seen.get(0);
-            let user_id: Uuid = tx
-                .query_one(
-                    "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2),
-                            revoke_reason = COALESCE(revoke_reason, 'reuse_detected')
-                      WHERE id = $1 RETURNING user_id",
-                    &[&session_id, &now],
-                )
-                .await
-                .map_err(pg_err)?
-                .get(0);
-            let revocation = Revocation::session(session_id, user_id, now, "reuse_detected");
-            record_revocations(&tx, std::slice::from_ref(&revocation)).await?;
-            let details = json!({ "session_id": session_id });
-            let event = ctx.event(
-                now,
-                Action::RefreshReuseDetected,
-                Some(user_id.to_string()),
-                Outcome::Denied,
-                &details,
-            );
-            append(&tx, &[event]).await?;
-            tx.commit().await.map_err(pg_err)?;
-            return Ok(Rotation::Reused { session_id, user_id, revocation });
+        let (mut found, mut replayed) = (None, None);
+        let presented_now = match spent {
+            Some(row) => {
+                found = session_with_user(&tx, row.get(0)).await?;
+                let (session_live, user_banned) =
+                    found.as_ref().map_or((false, false), |(s, u)| (s.is_live(now), u.is_banned()));
+                Presented::Spent { session_live, user_banned }
+            }
+            None => {
+                let seen = tx
+                    .query_opt("SELECT session_id FROM refresh_tokens WHERE hash = $1", &[&&presented.0[..]])
+                    .await
+                    .map_err(pg_err)?;
+                replayed = seen.map(|row| row.get::<_, Uuid>(0));
+                if replayed.is_some() { Presented::AlreadyRotated } else { Presented::Unknown }
+            }
         };
-        let session_id: Uuid = row.get(0);
-        let Some((session, user)) = session_with_user(&tx, session_id).await? else {
-            return Ok(Rotation::Invalid);
-        };
-        if !session.is_live(now) || user.is_banned() {
-            // Dropping the transaction rolls the spend back: nothing changes.
-            return Ok(Rotation::Invalid);
+        match token::refresh_outcome(presented_now) {
+            // Dropping the transaction rolls a spend back: nothing changes.
+            RefreshOutcome::Invalid => Ok(Rotation::Invalid),
+            RefreshOutcome::RevokeSession => {
+                let session_id = replayed.ok_or_else(|| missing("the replayed token's session"))?;
+                let reason = RevokeReason::ReuseDetected;
+                let user_id: Uuid = tx
+                    .query_one(
+                        "UPDATE sessions SET revoked_at = COALESCE(revoked_at, $2),
+                                revoke_reason = COALESCE(revoke_reason, $3)
+                          WHERE id = $1 RETURNING user_id",
+                        &[&session_id, &now, &reason.as_str()],
+                    )
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                let revocation = Revocation::session(session_id, user_id, now, reason);
+                record_revocations(&tx, std::slice::from_ref(&revocation)).await?;
+                let audited = Audited::RefreshReuseDetected { user: user_id, session: session_id };
+                append(&tx, &[audited.event(ctx, now)]).await?;
+                tx.commit().await.map_err(pg_err)?;
+                Ok(Rotation::Reused { session_id, user_id, revocation })
+            }
+            RefreshOutcome::Rotate => {
+                let (session, user) = found.ok_or_else(|| missing("the spent token's session"))?;
+                let insert = tx
+                    .prepare_cached(
+                        "INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)",
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                tx.execute(&insert, &[&&next.0[..], &session.id, &now]).await.map_err(pg_err)?;
+                let audited = Audited::Refreshed { user: user.id, session: session.id };
+                append(&tx, &[audited.event(ctx, now)]).await?;
+                tx.commit().await.map_err(pg_err)?;
+                Ok(Rotation::Rotated { session, user })
+            }
         }
-        let insert = tx
-            .prepare_cached("INSERT INTO refresh_tokens (hash, session_id, issued_at) VALUES ($1, $2, $3)")
-            .await
-            .map_err(pg_err)?;
-        tx.execute(&insert, &[&&next.0[..], &session_id, &now]).await.map_err(pg_err)?;
-        let details = json!({ "session_id": session_id });
-        let actor = AuditContext { actor: Some(user.id.to_string()), ..ctx.clone() };
-        append(
-            &tx,
-            &[actor.event(now, Action::Refresh, Some(user.id.to_string()), Outcome::Success, &details)],
-        )
-        .await?;
-        tx.commit().await.map_err(pg_err)?;
-        Ok(Rotation::Rotated { session, user })
     }
 
     async fn revoke_session_by_token(
@@ -601,23 +610,18 @@ impl Store for PgStore {
         let row = tx
             .query_opt(
                 "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, $2),
-                        revoke_reason = COALESCE(s.revoke_reason, 'logout')
+                        revoke_reason = COALESCE(s.revoke_reason, $3)
                    FROM refresh_tokens t WHERE t.hash = $1 AND s.id = t.session_id RETURNING s.id, s.user_id",
-                &[&&presented.0[..], &now],
+                &[&&presented.0[..], &now, &RevokeReason::Logout.as_str()],
             )
             .await
             .map_err(pg_err)?;
         let Some(row) = row else { return Ok(None) };
         let (session_id, user_id): (Uuid, Uuid) = (row.get(0), row.get(1));
-        let revocation = Revocation::session(session_id, user_id, now, "logout");
+        let revocation = Revocation::session(session_id, user_id, now, RevokeReason::Logout);
         record_revocations(&tx, std::slice::from_ref(&revocation)).await?;
-        let actor = AuditContext { actor: Some(user_id.to_string()), ..ctx.clone() };
-        let details = json!({ "session_id": session_id });
-        append(
-            &tx,
-            &[actor.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)],
-        )
-        .await?;
+        let audited = Audited::LoggedOut { user: user_id, session: session_id };
+        append(&tx, &[audited.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(Some(revocation))
     }
@@ -630,12 +634,10 @@ impl Store for PgStore {
     ) -> Result<Vec<Revocation>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let revocations = revoke_user(&tx, user_id, now, "logout_all").await?;
-        let sessions: Vec<Uuid> =
-            revocations.iter().filter(|r| r.kind == RevocationKind::Session).map(|r| r.id).collect();
-        let details = json!({ "all_sessions": true, "revoked_sessions": sessions });
-        append(&tx, &[ctx.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)])
-            .await?;
+        let revocations = revoke_user(&tx, user_id, now, RevokeReason::LogoutAll).await?;
+        let sessions = crate::revoked_sessions(&revocations);
+        let audited = Audited::LoggedOutEverywhere { user: user_id, revoked_sessions: &sessions };
+        append(&tx, &[audited.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(revocations)
     }
@@ -680,15 +682,17 @@ impl Store for PgStore {
     async fn finish_login_attempt(
         &self,
         attempt: Uuid,
-        forgive: bool,
-        audit: Option<AuditEvent>,
+        end: AttemptEnd<'_>,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        if forgive {
+        if end.forgiven() {
             tx.execute("DELETE FROM login_failures WHERE attempt = $1", &[&attempt]).await.map_err(pg_err)?;
         }
-        append(&tx, audit.as_slice()).await?;
+        let event = end.audited().map(|a| a.event(ctx, now));
+        append(&tx, event.as_slice()).await?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -731,7 +735,7 @@ impl Store for PgStore {
         Ok(rows.iter().map(stored_record).collect())
     }
 
-    async fn create_role(&self, role: &Role, audit: AuditEvent) -> Result<()> {
+    async fn create_role(&self, role: &Role, now: OffsetDateTime, ctx: &AuditContext) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         tx.execute(
@@ -740,7 +744,8 @@ impl Store for PgStore {
         )
         .await
         .map_err(pg_err)?;
-        append(&tx, &[audit]).await?;
+        let audited = Audited::RoleCreated { name: &role.name, description: &role.description };
+        append(&tx, &[audited.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)
     }
 
@@ -773,13 +778,12 @@ impl Store for PgStore {
         }
         let mut revocations = Vec::new();
         for user_id in &holders {
-            revocations.extend(revoke_user(&tx, *user_id, now, "role_deleted").await?);
+            revocations.extend(revoke_user(&tx, *user_id, now, RevokeReason::RoleDeleted).await?);
         }
         // ON DELETE CASCADE removes the role from its holders.
         tx.execute("DELETE FROM roles WHERE name = $1", &[&name]).await.map_err(pg_err)?;
-        let details = json!({ "force": force, "holders": holders });
-        let event = ctx.event(now, Action::RoleDeleted, Some(name.to_owned()), Outcome::Success, &details);
-        append(&tx, &[event]).await?;
+        let audited = Audited::RoleDeleted { name, force, holders: &holders };
+        append(&tx, &[audited.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(revocations)
     }
@@ -830,13 +834,13 @@ impl Store for PgStore {
         .await
         .map_err(pg_err)?;
         let after = reload_user(&tx, user_id).await?;
-        let removed = before.roles.iter().any(|r| !after.roles.contains(r));
-        let revocations =
-            if removed { revoke_user(&tx, user_id, now, "roles_removed").await? } else { Vec::new() };
-        let details = json!({ "before": before.roles, "after": after.roles });
-        let event =
-            ctx.event(now, Action::RolesChanged, Some(user_id.to_string()), Outcome::Success, &details);
-        append(&tx, &[event]).await?;
+        let revocations = if role::change_revokes(&before.roles, &after.roles) {
+            revoke_user(&tx, user_id, now, RevokeReason::RolesRemoved).await?
+        } else {
+            Vec::new()
+        };
+        let audited = Audited::RolesChanged { user: user_id, before: &before.roles, after: &after.roles };
+        append(&tx, &[audited.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok((after, revocations))
     }
@@ -859,11 +863,9 @@ impl Store for PgStore {
         )
         .await
         .map_err(pg_err)?;
-        let revocations = revoke_user(&tx, user_id, now, "banned").await?;
+        let revocations = revoke_user(&tx, user_id, now, RevokeReason::Banned).await?;
         let user = reload_user(&tx, user_id).await?;
-        let details = json!({ "reason": reason });
-        let event = ctx.event(now, Action::UserBanned, Some(user_id.to_string()), Outcome::Success, &details);
-        append(&tx, &[event]).await?;
+        append(&tx, &[Audited::UserBanned { user: user_id, reason }.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok((user, revocations))
     }
@@ -876,10 +878,7 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         let user = reload_user(&tx, user_id).await?;
-        let details = json!({ "was_banned": was_banned });
-        let event =
-            ctx.event(now, Action::UserUnbanned, Some(user_id.to_string()), Outcome::Success, &details);
-        append(&tx, &[event]).await?;
+        append(&tx, &[Audited::UserUnbanned { user: user_id, was_banned }.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(user)
     }
@@ -893,12 +892,10 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let user = lock_user(&tx, user_id).await?;
-        let revocations = revoke_user(&tx, user_id, now, "deleted").await?;
+        let revocations = revoke_user(&tx, user_id, now, RevokeReason::Deleted).await?;
         tx.execute("DELETE FROM users WHERE id = $1", &[&user_id]).await.map_err(pg_err)?;
-        let details = json!({ "email": user.email, "roles": user.roles });
-        let event =
-            ctx.event(now, Action::UserDeleted, Some(user_id.to_string()), Outcome::Success, &details);
-        append(&tx, &[event]).await?;
+        let audited = Audited::UserDeleted { user: user_id, email: &user.email, roles: &user.roles };
+        append(&tx, &[audited.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;
         Ok(revocations)
     }
@@ -946,7 +943,7 @@ impl Store for PgStore {
                     id: r.get(1),
                     user_id: r.get(2),
                     at: r.get(3),
-                    reason: r.get(4),
+                    reason: RevokeReason::parse(r.get(4)),
                 })
             })
             .collect()

@@ -14,13 +14,13 @@ use std::{
 
 use async_trait::async_trait;
 use bouncer_core::{
-    audit::{self, Action, AuditContext, AuditEvent, AuditRecord, Outcome, StoredContent, StoredRecord},
-    revocation::{Revocation, RevocationKind},
-    throttle::{self, FailureWindow, ThrottleDecision},
-    token::TokenHash,
+    audit::{self, AuditContext, AuditEvent, AuditRecord, Audited, StoredContent, StoredRecord},
+    revocation::{Revocation, RevocationKind, RevokeReason},
+    role,
+    throttle::{self, AttemptEnd, FailureWindow, ThrottleDecision},
+    token::{self, Presented, RefreshOutcome, TokenHash},
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
-use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -253,10 +253,14 @@ fn restrict_permissions(_path: &Path) {}
 
 fn sqlite_err(e: rusqlite::Error) -> StoreError {
     if let rusqlite::Error::SqliteFailure(code, msg) = &e {
-        if code.code == ErrorCode::ConstraintViolation
-            && msg.as_deref().is_some_and(|m| m.contains("users.email_key"))
-        {
+        let violates = |what: &str| {
+            code.code == ErrorCode::ConstraintViolation && msg.as_deref().is_some_and(|m| m.contains(what))
+        };
+        if violates("users.email_key") {
             return StoreError::EmailTaken;
+        }
+        if violates("roles.name") {
+            return StoreError::RoleExists;
         }
         if matches!(
             code.code,
@@ -271,6 +275,11 @@ fn sqlite_err(e: rusqlite::Error) -> StoreError {
         }
     }
     StoreError::Database(e.to_string())
+}
+
+/// A row the transaction itself just found is gone: a bug, not a client error.
+fn missing(what: &str) -> StoreError {
+    StoreError::Database(format!("{what} vanished inside its own transaction"))
 }
 
 /// Instants are stored as microseconds since the Unix epoch.
@@ -369,7 +378,8 @@ impl Store for SqliteStore {
         self.with_conn(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(sqlite_err)).await
     }
 
-    async fn create_user(&self, new: NewUser, audit: AuditEvent) -> Result<User> {
+    async fn create_user(&self, new: NewUser, ctx: &AuditContext) -> Result<User> {
+        let audit = new.audited().event(ctx, new.now);
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             for role in &new.roles {
@@ -439,26 +449,25 @@ impl Store for SqliteStore {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             tx.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id.to_string(), hash])
                 .map_err(sqlite_err)?;
-            let revoked = revoke_where(
+            let reason = RevokeReason::PasswordChanged;
+            let sessions = revoke_where(
                 &tx,
                 "user_id = ?1 AND revoked_at IS NULL AND id IS NOT ?2",
-                params![id.to_string(), keep_session.map(|s| s.to_string()), micros(now), "password_changed"],
+                params![id.to_string(), keep_session.map(|s| s.to_string()), micros(now), reason.as_str()],
             )?;
             let revoked: Vec<Revocation> =
-                revoked.into_iter().map(|s| Revocation::session(s, id, now, "password_changed")).collect();
+                sessions.iter().map(|&s| Revocation::session(s, id, now, reason)).collect();
             record_revocations(&tx, &revoked)?;
-            let details = json!({ "revoked_sessions": revoked.iter().map(|r| r.id).collect::<Vec<_>>() });
-            append(
-                &tx,
-                &[ctx.event(now, Action::PasswordChanged, Some(id.to_string()), Outcome::Success, &details)],
-            )?;
+            let audited = Audited::PasswordChanged { user: id, revoked_sessions: &sessions };
+            append(&tx, &[audited.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok(revoked)
         })
         .await
     }
 
-    async fn create_session(&self, new: NewSession, audit: AuditEvent) -> Result<()> {
+    async fn create_session(&self, new: NewSession, ctx: &AuditContext) -> Result<()> {
+        let audit = Audited::LoginSucceeded { user: new.user_id, session: new.id }.event(ctx, new.now);
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             let id = new.id.to_string();
@@ -504,55 +513,59 @@ impl Store for SqliteStore {
                     s.query_row(params![&presented.0[..], micros(now)], |r| r.get(0)).optional()
                 })
                 .map_err(sqlite_err)?;
-            let parse = |s: &str| Uuid::parse_str(s).map_err(|e| StoreError::Database(e.to_string()));
-            let Some(session_id) = spent else {
-                let seen: Option<String> = tx
-                    .query_row(
-                        "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
-                        [&presented.0[..]],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(sqlite_err)?;
-                let Some(session_id) = seen else { return Ok(Rotation::Invalid) };
-                let user_id: String = tx
-                    .query_row(
-                        "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2),
-                                revoke_reason = COALESCE(revoke_reason, 'reuse_detected')
-                          WHERE id = ?1 RETURNING user_id",
-                        params![session_id, micros(now)],
-                        |r| r.get(0),
-                    )
-                    .map_err(sqlite_err)?;
-                let (session_id, user_id) = (parse(&session_id)?, parse(&user_id)?);
-                let revocation = Revocation::session(session_id, user_id, now, "reuse_detected");
-                record_revocations(&tx, std::slice::from_ref(&revocation))?;
-                let details = json!({ "session_id": session_id });
-                let event = ctx.event(
-                    now,
-                    Action::RefreshReuseDetected,
-                    Some(user_id.to_string()),
-                    Outcome::Denied,
-                    &details,
-                );
-                append(&tx, &[event])?;
-                tx.commit().map_err(sqlite_err)?;
-                return Ok(Rotation::Reused { session_id, user_id, revocation });
+            let (mut found, mut replayed) = (None, None);
+            let presented_now = match spent {
+                Some(session_id) => {
+                    found = session_with_user(&tx, parse_uuid(&session_id)?)?;
+                    let (session_live, user_banned) =
+                        found.as_ref().map_or((false, false), |(s, u)| (s.is_live(now), u.is_banned()));
+                    Presented::Spent { session_live, user_banned }
+                }
+                None => {
+                    let seen: Option<String> = tx
+                        .query_row(
+                            "SELECT session_id FROM refresh_tokens WHERE hash = ?1",
+                            [&presented.0[..]],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(sqlite_err)?;
+                    replayed = seen;
+                    if replayed.is_some() { Presented::AlreadyRotated } else { Presented::Unknown }
+                }
             };
-            let id = parse(&session_id)?;
-            let Some((session, user)) = session_with_user(&tx, id)? else { return Ok(Rotation::Invalid) };
-            if !session.is_live(now) || user.is_banned() {
-                return Ok(Rotation::Invalid);
+            match token::refresh_outcome(presented_now) {
+                // Dropping the transaction rolls a spend back: nothing changes.
+                RefreshOutcome::Invalid => Ok(Rotation::Invalid),
+                RefreshOutcome::RevokeSession => {
+                    let session_id = replayed.ok_or_else(|| missing("the replayed token's session"))?;
+                    let reason = RevokeReason::ReuseDetected;
+                    let user_id: String = tx
+                        .query_row(
+                            "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2),
+                                    revoke_reason = COALESCE(revoke_reason, ?3)
+                              WHERE id = ?1 RETURNING user_id",
+                            params![session_id, micros(now), reason.as_str()],
+                            |r| r.get(0),
+                        )
+                        .map_err(sqlite_err)?;
+                    let (session_id, user_id) = (parse_uuid(&session_id)?, parse_uuid(&user_id)?);
+                    let revocation = Revocation::session(session_id, user_id, now, reason);
+                    record_revocations(&tx, std::slice::from_ref(&revocation))?;
+                    let audited = Audited::RefreshReuseDetected { user: user_id, session: session_id };
+                    append(&tx, &[audited.event(&ctx, now)])?;
+                    tx.commit().map_err(sqlite_err)?;
+                    Ok(Rotation::Reused { session_id, user_id, revocation })
+                }
+                RefreshOutcome::Rotate => {
+                    let (session, user) = found.ok_or_else(|| missing("the spent token's session"))?;
+                    insert_refresh_token(&tx, next, &session.id.to_string(), now)?;
+                    let audited = Audited::Refreshed { user: user.id, session: session.id };
+                    append(&tx, &[audited.event(&ctx, now)])?;
+                    tx.commit().map_err(sqlite_err)?;
+                    Ok(Rotation::Rotated { session, user })
+                }
             }
-            insert_refresh_token(&tx, next, &session_id, now)?;
-            let details = json!({ "session_id": id });
-            let actor = AuditContext { actor: Some(user.id.to_string()), ..ctx };
-            append(
-                &tx,
-                &[actor.event(now, Action::Refresh, Some(user.id.to_string()), Outcome::Success, &details)],
-            )?;
-            tx.commit().map_err(sqlite_err)?;
-            Ok(Rotation::Rotated { session, user })
         })
         .await
     }
@@ -569,19 +582,19 @@ impl Store for SqliteStore {
             let ids: Option<(String, String)> = tx
                 .query_row(
                     "UPDATE sessions SET revoked_at = COALESCE(revoked_at, ?2),
-                            revoke_reason = COALESCE(revoke_reason, 'logout')
+                            revoke_reason = COALESCE(revoke_reason, ?3)
                       WHERE id = (SELECT session_id FROM refresh_tokens WHERE hash = ?1) RETURNING id, user_id",
-                    params![&presented.0[..], micros(now)],
+                    params![&presented.0[..], micros(now), RevokeReason::Logout.as_str()],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()
                 .map_err(sqlite_err)?;
             let Some((session_id, user_id)) = ids else { return Ok(None) };
-            let revocation = Revocation::session(parse_uuid(&session_id)?, parse_uuid(&user_id)?, now, "logout");
+            let (session_id, user_id) = (parse_uuid(&session_id)?, parse_uuid(&user_id)?);
+            let revocation = Revocation::session(session_id, user_id, now, RevokeReason::Logout);
             record_revocations(&tx, std::slice::from_ref(&revocation))?;
-            let details = json!({ "session_id": revocation.id });
-            let actor = AuditContext { actor: Some(user_id.clone()), ..ctx };
-            append(&tx, &[actor.event(now, Action::Logout, Some(user_id), Outcome::Success, &details)])?;
+            let audited = Audited::LoggedOut { user: user_id, session: session_id };
+            append(&tx, &[audited.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok(Some(revocation))
         })
@@ -597,14 +610,10 @@ impl Store for SqliteStore {
         let ctx = ctx.clone();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
-            let revocations = revoke_user(&tx, user_id, now, "logout_all")?;
-            let sessions: Vec<Uuid> =
-                revocations.iter().filter(|r| r.kind == RevocationKind::Session).map(|r| r.id).collect();
-            let details = json!({ "all_sessions": true, "revoked_sessions": sessions });
-            append(
-                &tx,
-                &[ctx.event(now, Action::Logout, Some(user_id.to_string()), Outcome::Success, &details)],
-            )?;
+            let revocations = revoke_user(&tx, user_id, now, RevokeReason::LogoutAll)?;
+            let sessions = crate::revoked_sessions(&revocations);
+            let audited = Audited::LoggedOutEverywhere { user: user_id, revoked_sessions: &sessions };
+            append(&tx, &[audited.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok(revocations)
         })
@@ -650,9 +659,12 @@ impl Store for SqliteStore {
     async fn finish_login_attempt(
         &self,
         attempt: Uuid,
-        forgive: bool,
-        audit: Option<AuditEvent>,
+        end: AttemptEnd<'_>,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
     ) -> Result<()> {
+        let forgive = end.forgiven();
+        let audit = end.audited().map(|a| a.event(ctx, now));
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             if forgive {
@@ -714,16 +726,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_role(&self, role: &Role, audit: AuditEvent) -> Result<()> {
+    async fn create_role(&self, role: &Role, now: OffsetDateTime, ctx: &AuditContext) -> Result<()> {
+        let audit = Audited::RoleCreated { name: &role.name, description: &role.description }.event(ctx, now);
         let role = role.clone();
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
-            let taken: bool = tx
-                .query_row("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)", [&role.name], |r| r.get(0))
-                .map_err(sqlite_err)?;
-            if taken {
-                return Err(StoreError::RoleExists);
-            }
+            // A taken name fails on the primary key (RoleExists), as on PostgreSQL.
             tx.execute(
                 "INSERT INTO roles (name, description, builtin) VALUES (?1, ?2, 0)",
                 params![role.name, role.description],
@@ -768,14 +776,11 @@ impl Store for SqliteStore {
             }
             let mut revocations = Vec::new();
             for user_id in &holders {
-                revocations.extend(revoke_user(&tx, *user_id, now, "role_deleted")?);
+                revocations.extend(revoke_user(&tx, *user_id, now, RevokeReason::RoleDeleted)?);
             }
             tx.execute("DELETE FROM roles WHERE name = ?1", [&name]).map_err(sqlite_err)?;
-            let details = json!({ "force": force, "holders": holders });
-            append(
-                &tx,
-                &[ctx.event(now, Action::RoleDeleted, Some(name.clone()), Outcome::Success, &details)],
-            )?;
+            let audited = Audited::RoleDeleted { name: &name, force, holders: &holders };
+            append(&tx, &[audited.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok(revocations)
         })
@@ -830,11 +835,13 @@ impl Store for SqliteStore {
                 .map_err(sqlite_err)?;
             }
             let after = load_user(&tx, user_id)?;
-            let removed = before.roles.iter().any(|r| !after.roles.contains(r));
-            let revocations =
-                if removed { revoke_user(&tx, user_id, now, "roles_removed")? } else { Vec::new() };
-            let details = json!({ "before": before.roles, "after": after.roles });
-            append(&tx, &[ctx.event(now, Action::RolesChanged, Some(id), Outcome::Success, &details)])?;
+            let revocations = if role::change_revokes(&before.roles, &after.roles) {
+                revoke_user(&tx, user_id, now, RevokeReason::RolesRemoved)?
+            } else {
+                Vec::new()
+            };
+            let audited = Audited::RolesChanged { user: user_id, before: &before.roles, after: &after.roles };
+            append(&tx, &[audited.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok((after, revocations))
         })
@@ -859,13 +866,9 @@ impl Store for SqliteStore {
                 params![user_id.to_string(), micros(now), reason],
             )
             .map_err(sqlite_err)?;
-            let revocations = revoke_user(&tx, user_id, now, "banned")?;
+            let revocations = revoke_user(&tx, user_id, now, RevokeReason::Banned)?;
             let user = load_user(&tx, user_id)?;
-            let details = json!({ "reason": reason });
-            append(
-                &tx,
-                &[ctx.event(now, Action::UserBanned, Some(user_id.to_string()), Outcome::Success, &details)],
-            )?;
+            append(&tx, &[Audited::UserBanned { user: user_id, reason: &reason }.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok((user, revocations))
         })
@@ -883,10 +886,7 @@ impl Store for SqliteStore {
             )
             .map_err(sqlite_err)?;
             let user = load_user(&tx, user_id)?;
-            let details = json!({ "was_banned": was_banned });
-            let event =
-                ctx.event(now, Action::UserUnbanned, Some(user_id.to_string()), Outcome::Success, &details);
-            append(&tx, &[event])?;
+            append(&tx, &[Audited::UserUnbanned { user: user_id, was_banned }.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok(user)
         })
@@ -903,12 +903,10 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             let user = load_user(&tx, user_id)?;
-            let revocations = revoke_user(&tx, user_id, now, "deleted")?;
+            let revocations = revoke_user(&tx, user_id, now, RevokeReason::Deleted)?;
             tx.execute("DELETE FROM users WHERE id = ?1", [user_id.to_string()]).map_err(sqlite_err)?;
-            let details = json!({ "email": user.email, "roles": user.roles });
-            let event =
-                ctx.event(now, Action::UserDeleted, Some(user_id.to_string()), Outcome::Success, &details);
-            append(&tx, &[event])?;
+            let audited = Audited::UserDeleted { user: user_id, email: &user.email, roles: &user.roles };
+            append(&tx, &[audited.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;
             Ok(revocations)
         })
@@ -970,7 +968,7 @@ impl Store for SqliteStore {
                         id: parse_uuid(&id)?,
                         user_id: parse_uuid(&user_id)?,
                         at: instant(at),
-                        reason,
+                        reason: RevokeReason::parse(&reason),
                     })
                 })
                 .collect()
@@ -1027,7 +1025,7 @@ fn record_revocations(conn: &Connection, revocations: &[Revocation]) -> Result<(
                 r.id.to_string(),
                 r.user_id.to_string(),
                 micros(r.at),
-                r.reason
+                r.reason.as_str()
             ])
             .map_err(sqlite_err)?;
     }
@@ -1040,7 +1038,7 @@ fn revoke_user(
     conn: &Connection,
     user_id: Uuid,
     now: OffsetDateTime,
-    reason: &str,
+    reason: RevokeReason,
 ) -> Result<Vec<Revocation>> {
     conn.execute(
         "UPDATE users SET revoked_before = ?2 WHERE id = ?1",
@@ -1050,10 +1048,9 @@ fn revoke_user(
     let sessions = revoke_where(
         conn,
         "user_id = ?1 AND revoked_at IS NULL AND expires_at > ?2",
-        params![user_id.to_string(), micros(now), micros(now), reason],
+        params![user_id.to_string(), micros(now), micros(now), reason.as_str()],
     )?;
-    let mut revocations = vec![Revocation::user(user_id, now, reason)];
-    revocations.extend(sessions.into_iter().map(|s| Revocation::session(s, user_id, now, reason)));
+    let revocations = Revocation::of_user(user_id, &sessions, now, reason);
     record_revocations(conn, &revocations)?;
     Ok(revocations)
 }

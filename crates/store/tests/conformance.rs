@@ -4,15 +4,15 @@
 use std::{sync::Arc, time::Duration};
 
 use bouncer_core::{
-    audit::{Action, AuditContext, AuditEvent, Outcome},
+    audit::{Action, AuditContext, Outcome},
     email::Email,
-    revocation::Revocation,
-    throttle::ThrottleDecision,
+    revocation::{Revocation, RevokeReason},
+    throttle::{AttemptEnd, ThrottleDecision},
     token::RefreshToken,
 };
 use bouncer_store::{
     AuditFilter, LoginAttempt, Migration, NewSession, NewUser, Role, Rotation, SettledAttempt, Store,
-    StoreError, UserFilter, postgres::PgStore, sqlite::SqliteStore, testing::TestDatabase,
+    StoreError, UserFilter, UserOrigin, postgres::PgStore, sqlite::SqliteStore, testing::TestDatabase,
 };
 use serde_json::json;
 use time::{OffsetDateTime, macros::datetime};
@@ -99,8 +99,9 @@ async fn new_user(store: &Arc<dyn Store>, email: &str) -> bouncer_store::User {
                 password_hash: "$argon2id$fake".into(),
                 roles: vec!["user".into()],
                 now: T0,
+                origin: UserOrigin::Operator,
             },
-            event(Action::UserCreated),
+            &ctx(),
         )
         .await
         .unwrap()
@@ -118,7 +119,7 @@ async fn new_session(store: &Arc<dyn Store>, user_id: Uuid, seed: u8) -> Uuid {
                 expires_at: T0 + Duration::from_secs(3600),
                 attempt: None,
             },
-            event(Action::LoginSucceeded),
+            &ctx(),
         )
         .await
         .unwrap();
@@ -129,8 +130,9 @@ fn ctx() -> AuditContext {
     AuditContext { actor: Some("conformance".into()), ip: Some("192.0.2.1".into()), ..Default::default() }
 }
 
-fn event(action: Action) -> AuditEvent {
-    ctx().event(T0, action, Some("subject".into()), Outcome::Success, &json!({"test": true}))
+/// A failed login of nobody in particular (the throttle tests need the rows, not the user).
+fn wrong_password() -> AttemptEnd<'static> {
+    AttemptEnd::UnknownEmail { email_key: "someone@example.com" }
 }
 
 async fn migrate_is_idempotent_and_seeds_builtin_roles(store: Arc<dyn Store>) {
@@ -155,8 +157,9 @@ async fn users_are_unique_by_case_folded_email(store: Arc<dyn Store>) {
                 password_hash: "x".into(),
                 roles: vec![],
                 now: T0,
+                origin: UserOrigin::Operator,
             },
-            event(Action::UserCreated),
+            &ctx(),
         )
         .await;
     assert!(matches!(dup, Err(StoreError::EmailTaken)), "expected EmailTaken, got {dup:?}");
@@ -183,8 +186,9 @@ async fn unknown_role_creates_nothing(store: Arc<dyn Store>) {
                 password_hash: "x".into(),
                 roles: vec!["user".into(), "wizard".into()],
                 now: T0,
+                origin: UserOrigin::Operator,
             },
-            event(Action::UserCreated),
+            &ctx(),
         )
         .await;
     assert!(matches!(&result, Err(StoreError::UnknownRole(r)) if r == "wizard"), "got {result:?}");
@@ -222,7 +226,7 @@ async fn reused_refresh_token_revokes_the_session(store: Arc<dyn Store>) {
     let now = T0 + Duration::from_secs(10);
     store.rotate_refresh_token(token(1).hash(), token(2).hash(), now, &ctx()).await.unwrap();
     let replay = store.rotate_refresh_token(token(1).hash(), token(3).hash(), now, &ctx()).await.unwrap();
-    let reuse = Revocation::session(sid, user.id, now, "reuse_detected");
+    let reuse = Revocation::session(sid, user.id, now, RevokeReason::ReuseDetected);
     assert_eq!(replay, Rotation::Reused { session_id: sid, user_id: user.id, revocation: reuse.clone() });
     assert_eq!(store.revocations_since(T0).await.unwrap(), [reuse], "the reuse is recorded for gateways");
     let (session, _) = store.session(sid).await.unwrap().unwrap();
@@ -274,7 +278,7 @@ async fn logout_revokes_only_that_session(store: Arc<dyn Store>) {
     let a = new_session(&store, user.id, 1).await;
     let b = new_session(&store, user.id, 2).await;
     let now = T0 + Duration::from_secs(1);
-    let logout = Revocation::session(a, user.id, now, "logout");
+    let logout = Revocation::session(a, user.id, now, RevokeReason::Logout);
     assert_eq!(
         store.revoke_session_by_token(token(1).hash(), now, &ctx()).await.unwrap(),
         Some(logout.clone())
@@ -301,7 +305,7 @@ async fn logout_all_revokes_every_session_and_sets_revoked_before(store: Arc<dyn
     let bystander = new_session(&store, other.id, 3).await;
     let now = T0 + Duration::from_millis(2_500);
     let revoked = store.revoke_all_sessions(user.id, now, &ctx()).await.unwrap();
-    assert_eq!(revoked[0], Revocation::user(user.id, now, "logout_all"));
+    assert_eq!(revoked[0], Revocation::user(user.id, now, RevokeReason::LogoutAll));
     let mut revoked: Vec<Uuid> = revoked[1..].iter().map(|r| r.id).collect();
     revoked.sort();
     sids.sort();
@@ -320,7 +324,7 @@ async fn password_change_keeps_the_current_session(store: Arc<dyn Store>) {
     let other = new_session(&store, user.id, 2).await;
     let now = T0 + Duration::from_secs(3);
     let revoked = store.change_password(user.id, "$argon2id$changed", Some(keep), now, &ctx()).await.unwrap();
-    assert_eq!(revoked, [Revocation::session(other, user.id, now, "password_changed")]);
+    assert_eq!(revoked, [Revocation::session(other, user.id, now, RevokeReason::PasswordChanged)]);
     assert!(store.session(keep).await.unwrap().unwrap().0.is_live(now));
     assert_eq!(store.credential(user.id).await.unwrap().unwrap().password_hash, "$argon2id$changed");
     let all = store.change_password(user.id, "$argon2id$again", None, now, &ctx()).await.unwrap();
@@ -342,7 +346,7 @@ async fn login_attempts_are_reserved_and_throttled(store: Arc<dyn Store>) {
     for s in 0..3 {
         let a = attempt(&keys, T0 + Duration::from_secs(s * 60));
         assert_eq!(store.begin_login_attempt(&a).await.unwrap(), ThrottleDecision::Allow);
-        store.finish_login_attempt(a.id, false, Some(event(Action::LoginFailed))).await.unwrap();
+        store.finish_login_attempt(a.id, wrong_password(), T0, &ctx()).await.unwrap();
     }
     // ...so the fourth is refused until the first failure leaves the window.
     let refused = store.begin_login_attempt(&attempt(&keys, T0 + Duration::from_secs(300))).await.unwrap();
@@ -353,11 +357,11 @@ async fn login_attempts_are_reserved_and_throttled(store: Arc<dyn Store>) {
     let other = attempt(&[("account:b@example.com", 3), ("ip:192.0.2.1", 10)], T0 + Duration::from_secs(901));
     assert_eq!(store.begin_login_attempt(&other).await.unwrap(), ThrottleDecision::Allow);
     // A forgiven attempt (right password) leaves no failure behind.
-    store.finish_login_attempt(other.id, true, None).await.unwrap();
+    store.finish_login_attempt(other.id, AttemptEnd::RightCurrentPassword, T0, &ctx()).await.unwrap();
     for _ in 0..3 {
         let a = attempt(&[("account:b@example.com", 1)], T0 + Duration::from_secs(902));
         assert_eq!(store.begin_login_attempt(&a).await.unwrap(), ThrottleDecision::Allow);
-        store.finish_login_attempt(a.id, true, None).await.unwrap();
+        store.finish_login_attempt(a.id, AttemptEnd::RightCurrentPassword, T0, &ctx()).await.unwrap();
     }
 }
 
@@ -390,7 +394,7 @@ async fn a_session_settles_its_login_attempt(store: Arc<dyn Store>) {
     for _ in 0..2 {
         let a = attempt(&[(key, 3)], T0);
         store.begin_login_attempt(&a).await.unwrap();
-        store.finish_login_attempt(a.id, false, None).await.unwrap();
+        store.finish_login_attempt(a.id, wrong_password(), T0, &ctx()).await.unwrap();
     }
     let winning = attempt(&[(key, 3), ("ip:192.0.2.9", 1)], T0);
     assert_eq!(store.begin_login_attempt(&winning).await.unwrap(), ThrottleDecision::Allow);
@@ -404,7 +408,7 @@ async fn a_session_settles_its_login_attempt(store: Arc<dyn Store>) {
                 expires_at: T0 + Duration::from_secs(3600),
                 attempt: Some(SettledAttempt { id: winning.id, account_key: key.into() }),
             },
-            event(Action::LoginSucceeded),
+            &ctx(),
         )
         .await
         .unwrap();
@@ -509,9 +513,9 @@ fn role(name: &str) -> Role {
 
 async fn roles_are_created_sorted_bytewise_and_deleted(store: Arc<dyn Store>) {
     for name in ["ab", "a_c", "a-b"] {
-        store.create_role(&role(name), event(Action::RoleCreated)).await.unwrap();
+        store.create_role(&role(name), T0, &ctx()).await.unwrap();
     }
-    let dup = store.create_role(&role("ab"), event(Action::RoleCreated)).await;
+    let dup = store.create_role(&role("ab"), T0, &ctx()).await;
     assert!(matches!(dup, Err(StoreError::RoleExists)), "got {dup:?}");
     let user = new_user(&store, "rita@example.com").await;
     let (user, revoked) = store
@@ -546,7 +550,7 @@ async fn removing_a_role_revokes_sessions_adding_does_not(store: Arc<dyn Store>)
     let later = T0 + Duration::from_secs(5);
     let (after, revoked) = store.set_roles(user.id, &["user".into()], later, &ctx()).await.unwrap();
     assert_eq!(after.roles, ["user"]);
-    assert_eq!(revoked[0], Revocation::user(user.id, later, "roles_removed"));
+    assert_eq!(revoked[0], Revocation::user(user.id, later, RevokeReason::RolesRemoved));
     assert!(!store.session(sid).await.unwrap().unwrap().0.is_live(later));
     let unknown = store.set_roles(user.id, &["wizard".into()], later, &ctx()).await;
     assert!(matches!(&unknown, Err(StoreError::UnknownRole(r)) if r == "wizard"), "got {unknown:?}");

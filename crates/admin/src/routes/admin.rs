@@ -8,12 +8,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use bouncer_core::{
-    audit::{Action, AuditRecord, Outcome},
-    email::lookup_key,
-    problem::FieldError,
-    role::is_valid_role_name,
-};
+use bouncer_core::{audit::AuditRecord, email::lookup_key, problem::FieldError, role::is_valid_role_name};
 use bouncer_store::{AuditFilter, Role, User, UserFilter};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -239,16 +234,8 @@ pub async fn create_role(
         return Err(ApiError::Validation(errors));
     }
     let role = Role { name: body.name, description: body.description, builtin: false };
-    let now = OffsetDateTime::now_utc();
-    let details = json!({ "description": role.description });
-    let audit = client.audit(Some(admin.user.id.to_string())).event(
-        now,
-        Action::RoleCreated,
-        Some(role.name.clone()),
-        Outcome::Success,
-        &details,
-    );
-    state.store.create_role(&role, audit).await?;
+    let ctx = client.audit(Some(admin.user.id.to_string()));
+    state.store.create_role(&role, OffsetDateTime::now_utc(), &ctx).await?;
     state.metrics.audited();
     Ok((
         StatusCode::CREATED,

@@ -7,16 +7,14 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bouncer_core::{
-    audit::{Action, Outcome},
     claims::{AccessClaims, NewAccessToken},
     email::{Email, MAX_EMAIL_LEN, lookup_key},
     role::SIGNUP_ROLE,
-    throttle::ThrottleDecision,
+    throttle::{AttemptEnd, ThrottleDecision},
     token::{self, REFRESH_TOKEN_BYTES, RefreshToken},
 };
-use bouncer_store::{LoginAttempt, NewSession, NewUser, Rotation, SettledAttempt, User};
+use bouncer_store::{LoginAttempt, NewSession, NewUser, Rotation, SettledAttempt, User, UserOrigin};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -69,16 +67,9 @@ pub async fn signup(
     }
     let password_hash = state.passwords.hash(body.password).await?;
     let id = Uuid::now_v7();
-    let details = json!({ "email": email.as_str(), "roles": [SIGNUP_ROLE] });
-    let audit = client.audit(Some(id.to_string())).event(
-        now,
-        Action::UserSignup,
-        Some(id.to_string()),
-        Outcome::Success,
-        &details,
-    );
-    let new = NewUser { id, email, password_hash, roles: vec![SIGNUP_ROLE.into()], now };
-    let user = state.store.create_user(new, audit).await?;
+    let roles = vec![SIGNUP_ROLE.into()];
+    let new = NewUser { id, email, password_hash, roles, now, origin: UserOrigin::Signup };
+    let user = state.store.create_user(new, &client.audit(None)).await?;
     state.metrics.audited();
     state.metrics.signup();
     tracing::info!(user_id = %user.id, ip = %client.ip, "user signed up");
@@ -117,12 +108,13 @@ pub async fn login(
         }
     };
     state.metrics.password_verified();
-    let subject = credential.as_ref().map(|c| c.user.id.to_string());
+    let known = credential.as_ref().map(|c| c.user.id);
     let Some(credential) = credential.filter(|_| verified.matches) else {
-        let reason = if subject.is_some() { "wrong_password" } else { "unknown_email" };
-        let details = json!({ "email": email_key, "reason": reason });
-        let audit = client.audit(None).event(now, Action::LoginFailed, subject, Outcome::Failure, &details);
-        state.store.finish_login_attempt(attempt, false, Some(audit)).await?;
+        let end = match known {
+            Some(user) => AttemptEnd::WrongPassword { user, email_key: &email_key },
+            None => AttemptEnd::UnknownEmail { email_key: &email_key },
+        };
+        state.store.finish_login_attempt(attempt, end, now, &client.audit(None)).await?;
         state.metrics.audited();
         state.metrics.login("invalid_credentials");
         tracing::info!(ip = %client.ip, "login failed");
@@ -131,9 +123,8 @@ pub async fn login(
     let user = credential.user;
     if user.is_banned() {
         // The right password: not a guess, so the attempt is forgiven.
-        let details = json!({ "email": email_key, "reason": "banned" });
-        let audit = client.audit(None).event(now, Action::LoginFailed, subject, Outcome::Denied, &details);
-        state.store.finish_login_attempt(attempt, true, Some(audit)).await?;
+        let end = AttemptEnd::Banned { user: user.id, email_key: &email_key };
+        state.store.finish_login_attempt(attempt, end, now, &client.audit(None)).await?;
         state.metrics.audited();
         state.metrics.login("banned");
         return Err(ApiError::Banned);
@@ -153,14 +144,6 @@ pub async fn login(
 
     let refresh = RefreshToken::from_random(random_bytes()?);
     let session_id = Uuid::now_v7();
-    let user_id = user.id.to_string();
-    let audit = client.audit(Some(user_id.clone())).event(
-        now,
-        Action::LoginSucceeded,
-        Some(user_id),
-        Outcome::Success,
-        &json!({ "session_id": session_id }),
-    );
     let new = NewSession {
         id: session_id,
         user_id: user.id,
@@ -169,7 +152,7 @@ pub async fn login(
         expires_at: now + state.config.refresh_token_ttl.get(),
         attempt: Some(SettledAttempt { id: attempt, account_key }),
     };
-    state.store.create_session(new, audit).await?;
+    state.store.create_session(new, &client.audit(None)).await?;
     state.metrics.audited();
     let response = token_response(&state, &user, session_id, &refresh, now)?;
     state.metrics.login("succeeded");

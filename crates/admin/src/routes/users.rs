@@ -1,10 +1,9 @@
 //! `/users/me`: the caller's own account.
 
 use axum::{Json, extract::State, http::StatusCode};
-use bouncer_core::audit::{Action, Outcome};
+use bouncer_core::throttle::AttemptEnd;
 use bouncer_store::User;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -64,15 +63,14 @@ pub async fn change_password(
         state.store.credential(auth.user.id).await?.ok_or(ApiError::InvalidToken("user deleted"))?;
     let verified = state.passwords.verify(body.current_password, credential.password_hash).await?;
     state.metrics.password_verified();
-    let ctx = client.audit(Some(user_id.clone()));
+    let ctx = client.audit(Some(user_id));
     if !verified.matches {
-        let details = json!({ "reason": "wrong_current_password" });
-        let audit = ctx.event(now, Action::PasswordChanged, Some(user_id), Outcome::Failure, &details);
-        state.store.finish_login_attempt(attempt, false, Some(audit)).await?;
+        let end = AttemptEnd::WrongCurrentPassword { user: auth.user.id };
+        state.store.finish_login_attempt(attempt, end, now, &ctx).await?;
         state.metrics.audited();
         return Err(ApiError::InvalidCredentials);
     }
-    state.store.finish_login_attempt(attempt, true, None).await?;
+    state.store.finish_login_attempt(attempt, AttemptEnd::RightCurrentPassword, now, &ctx).await?;
     let hash = state.passwords.hash(body.new_password).await?;
     let revoked = state.store.change_password(auth.user.id, &hash, Some(auth.claims.sid), now, &ctx).await?;
     state.announce(&revoked);
