@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod passwords;
 pub mod request_id;
 pub mod routes;
+pub mod service;
 pub mod shared;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};

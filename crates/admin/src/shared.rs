@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use bouncer_core::{audit::AuditEvent, claims::LEEWAY, config::AdminConfig};
+use bouncer_core::{audit::AuditEvent, config::AdminConfig, revocation};
 use bouncer_shared_state::{
     Redis, RevocationBus,
     denials::{DenialEvent, DenialSource},
@@ -12,10 +12,10 @@ use bouncer_shared_state::{
 use bouncer_store::Store;
 use time::OffsetDateTime;
 
-/// How long revocations must be remembered: the longest an access token
-/// issued before them can live.
+/// How long this admin's revocations must be remembered: the longest an
+/// access token issued before them can live ([`revocation::relevance`]).
 pub fn revocation_keep(config: &AdminConfig) -> Duration {
-    config.access_token_ttl.get() + LEEWAY + Duration::from_secs(60)
+    revocation::relevance(config.access_token_ttl.get())
 }
 
 /// Whenever the bus asks (start, reconnect, failed publish), writes the

@@ -7,17 +7,20 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bouncer_admin::{AppState, keys, passwords::Passwords, shared};
+use bouncer_admin::{
+    keys,
+    passwords::Passwords,
+    service::{self, Migrations, Topology},
+};
 use bouncer_core::{audit::AuditContext, config::Config, email::Email, routes::RouteTable};
 use bouncer_gateway::SharedState;
-use bouncer_shared_state::{Redis, RedisBus, RevocationBus};
 use bouncer_store::{NewUser, Store, StoreError, UserOrigin};
 use clap::{Args, Parser, Subcommand};
 use time::OffsetDateTime;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
-use crate::logging::LogFormat;
+use crate::{logging::LogFormat, signal};
 
 /// Bouncer: an access-control gateway for the HTTP APIs you already run.
 #[derive(Debug, Parser)]
@@ -229,46 +232,13 @@ fn hex_string(bytes: &[u8]) -> String {
 
 fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let store = open_store(&config).await?;
-        if migrate {
-            let report = store.migrate().await?;
-            tracing::info!(
-                applied = report.applied.len(),
-                version = report.current,
-                "database schema up to date"
-            );
-        } else {
-            // Serving on an old schema would turn every request into a 500:
-            // refuse to start and say what to run instead.
-            let pending = store.pending_migrations().await?;
-            if !pending.is_empty() {
-                bail!("the database lacks migration(s) {pending:?}; run `bouncer migrate` (or start without --no-migrate)");
-            }
-        }
-        let admin = config.admin;
-        let grace = admin.shutdown_grace.get();
-        let listener = tokio::net::TcpListener::bind(admin.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", admin.listen))?;
-        let addr = listener.local_addr()?;
-        let backend = store.backend();
-        let bus: Arc<dyn RevocationBus> = match &config.redis {
-            // Gateway replicas learn revocations from Redis; their denials
-            // come back through it for the audit log.
-            Some(url) => {
-                let redis = Redis::connect(url, &config.redis_prefix)?;
-                let bus: Arc<dyn RevocationBus> =
-                    Arc::new(Arc::new(RedisBus::new(redis.clone(), shared::revocation_keep(&admin))));
-                tokio::spawn(shared::keep_revocations_recorded(bus.clone(), store.clone(), shared::revocation_keep(&admin)));
-                tokio::spawn(shared::record_denials_from_redis(redis, consumer_name(admin.listen), store.clone()));
-                bus
-            }
-            // Without Redis nothing outside this process listens.
-            None => Arc::new(bouncer_shared_state::InProcessBus::default()),
-        };
-        let state = AppState::new(admin, store, bus)?;
-        tracing::info!(%addr, database = backend, kid = %state.keys.signing_kid(time::OffsetDateTime::now_utc()), "admin listening");
-        bouncer_admin::serve(listener, state, shutdown_signal(), grace).await?;
+        let migrations = if migrate { Migrations::Apply } else { Migrations::Require };
+        let admin = service::start(&config, Topology::Standalone, migrations).await?;
+        let (addr, backend) = (admin.addr, admin.state.store.backend());
+        let kid = admin.state.keys.signing_kid(OffsetDateTime::now_utc());
+        tracing::info!(%addr, database = backend, %kid, "admin listening");
+        let grace = config.admin.shutdown_grace.get();
+        bouncer_admin::serve(admin.listener, admin.state, signal::shutdown(), grace).await?;
         tracing::info!("admin stopped");
         Ok(())
     })
@@ -285,41 +255,6 @@ fn run_gateway(config: Config) -> anyhow::Result<()> {
     let server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");
     bouncer_gateway::run(server, drain, config.gateway.shutdown_grace.get())
-}
-
-/// This admin's name in the denial stream's consumer group: stable across
-/// restarts of the same instance, so it picks up its own pending entries.
-pub(crate) fn consumer_name(listen: std::net::SocketAddr) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "admin".into());
-    format!("{host}:{}", listen.port())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the service");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested; finishing in-flight requests");
 }
 
 fn add_user(config: Config, email: &str, roles: Vec<String>, password_stdin: bool) -> anyhow::Result<()> {

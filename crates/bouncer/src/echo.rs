@@ -30,7 +30,7 @@ async fn echo(request: Request) -> Json<Value> {
 
 pub fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(listen, crate::cli::shutdown_signal()))
+    runtime.block_on(serve(listen, crate::signal::shutdown()))
 }
 
 /// Serves the echo app on `listen` until `stop` resolves.

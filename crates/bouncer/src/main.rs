@@ -7,6 +7,7 @@
 mod cli;
 mod echo;
 mod logging;
+mod signal;
 mod up;
 
 use std::process::ExitCode;

@@ -9,14 +9,18 @@
 //! on a runtime pingora creates, which is where their clients must be
 //! created too).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
-use bouncer_admin::{AppState, shared};
-use bouncer_core::{claims::LEEWAY, config::Config};
-use bouncer_gateway::{SharedState, drain::Finishing, jwks::Jwks, revocations::RevocationSet};
+use bouncer_admin::service::{self, GatewayHooks, LocalGateway, Migrations, Topology};
+use bouncer_core::{config::Config, revocation::Revocation};
+use bouncer_gateway::{
+    SharedState,
+    jwks::{Jwks, LocalJwks},
+    revocations::RevocationSet,
+};
 use bouncer_shared_state::{
-    InProcessBus, Redis, RevocationBus,
+    InProcessBus, RevocationBus,
     denials::{DenialSource, InProcessDenials},
     limiter::RateLimiter,
 };
@@ -24,7 +28,6 @@ use pingora::{
     server::ShutdownWatch,
     services::background::{BackgroundService, background_service},
 };
-use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 /// Name of the upstream `bouncer up` serves itself with the echo app.
@@ -70,10 +73,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let drain = gateway.drain.clone();
     // In-process denials are written by this admin: the stop waits for it to
     // write the gateway's last flush (the channel closes after it).
-    let denial_source = denial_source.map(|source| (source, drain.finishing()));
+    let denials_in_process =
+        denial_source.map(|source| (source, Box::new(drain.finishing()) as Box<dyn Send>));
     let mut server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
-    let admin =
-        Admin { config: config.clone(), bus, set: revocations, jwks, denials: Mutex::new(denial_source) };
+    let local =
+        LocalGateway { bus, denials: denials_in_process, hooks: Box::new(Hooks { set: revocations, jwks }) };
+    let admin = Admin { config: config.clone(), local: Mutex::new(Some(local)) };
     server.add_service(background_service("admin", admin));
     if let Some(addr) = echo {
         server.add_service(background_service("echo", Echo(addr)));
@@ -84,81 +89,50 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 struct Admin {
     config: Config,
-    bus: Arc<dyn RevocationBus>,
+    /// What the admin shares with the gateway; taken once at start.
+    local: Mutex<Option<LocalGateway>>,
+}
+
+/// Hands the in-process gateway its keys and revocations.
+struct Hooks {
     set: Arc<RevocationSet>,
-    /// The gateway's key set, filled from this admin's key ring.
     jwks: Arc<Jwks>,
-    /// In-process denials from the gateway; `None` when they go via Redis.
-    denials: Mutex<Option<(DenialSource, Finishing)>>,
+}
+
+impl GatewayHooks for Hooks {
+    fn revocations(&self, recent: &[Revocation], complete: bool) {
+        for r in recent {
+            self.set.apply(r);
+        }
+        if complete {
+            self.set.mark_ready();
+        }
+    }
+
+    fn keys(&self, jwks: LocalJwks) -> Result<(), String> {
+        self.jwks.install(jwks).map(drop)
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Admin {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let admin = self.config.admin.clone();
-        let started = async {
-            let store = bouncer_store::open(&admin.database, admin.max_db_connections).await?;
-            store.migrate().await?;
-            // The gateway refuses what was revoked before this start, too.
-            let horizon = OffsetDateTime::now_utc() - admin.access_token_ttl.get() - LEEWAY - Duration::from_secs(60);
-            for r in store.revocations_since(horizon).await? {
-                self.set.apply(&r);
-            }
-            let (denials, finishing) = match self.denials.lock().await.take() {
-                Some((source, finishing)) => (Some(source), Some(finishing)),
-                // Shared state on Redis: this admin consumes the stream like
-                // any admin replica, and keeps the revocation record current.
-                None => {
-                    let redis = Redis::connect(self.config.redis.as_deref().unwrap_or_default(), &self.config.redis_prefix)?;
-                    let keep = shared::revocation_keep(&admin);
-                    tokio::spawn(shared::keep_revocations_recorded(self.bus.clone(), store.clone(), keep));
-                    let consumer = crate::cli::consumer_name(admin.listen);
-                    tokio::spawn(shared::record_denials_from_redis(redis, consumer, store.clone()));
-                    (None, None)
-                }
-            };
-            if let Some(denials) = denials {
-                let recording = shared::record_denials(denials, store.clone());
-                tokio::spawn(async move {
-                    recording.await;
-                    drop(finishing);
-                });
-            }
-            if self.config.redis.is_none() {
-                // In-process, the set is complete now; on Redis the
-                // gateway's own snapshot decides.
-                self.set.mark_ready();
-            }
-            let users = store.list_users(&bouncer_store::UserFilter { limit: 200, ..Default::default() }).await?;
-            if !users.iter().any(|u| u.roles.iter().any(|r| r == "admin")) {
-                // Never a default password: tell the operator how to make the first admin.
-                eprintln!(
-                    "No admin user yet. Create one with:\n  bouncer user add --config <config> --email you@example.com --role admin"
-                );
-            }
-            let state = AppState::new(admin.clone(), store, self.bus.clone())?;
-            // Before the admin listens: once it answers, so does the gateway.
-            let ring = state.clone();
-            self.jwks
-                .install(Box::new(move || ring.keys.jwks(OffsetDateTime::now_utc())))
-                .map_err(anyhow::Error::msg)?;
-            let listener = tokio::net::TcpListener::bind(admin.listen).await?;
-            anyhow::Ok((listener, state))
-        }
-        .await;
-        let (listener, state) = match started {
-            Ok(ready) => ready,
+        let Some(local) = self.local.lock().await.take() else { return };
+        let admin = match service::start(&self.config, Topology::WithGateway(local), Migrations::Apply).await
+        {
+            Ok(admin) => admin,
             Err(e) => {
                 // A gateway without its admin cannot issue or revoke: stop.
                 tracing::error!(error = %format!("{e:#}"), "admin service failed to start");
                 std::process::exit(1);
             }
         };
-        tracing::info!(addr = %admin.listen, "admin listening");
+        tracing::info!(addr = %admin.addr, "admin listening");
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = bouncer_admin::serve(listener, state, stop, admin.shutdown_grace.get()).await {
+        let grace = self.config.admin.shutdown_grace.get();
+        if let Err(e) = bouncer_admin::serve(admin.listener, admin.state, stop, grace).await {
             tracing::error!(error = %e, "admin service stopped with an error");
         }
     }

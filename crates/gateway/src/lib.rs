@@ -85,7 +85,7 @@ impl SharedState {
         let another = || redis.another().map_err(|e| e.to_string());
         Ok(Self {
             limiter: Arc::new(RateLimiter::shared(another()?, config.gateway.on_store_error)),
-            bus: Arc::new(Arc::new(RedisBus::new(another()?, revocations::MAX_TOKEN_AGE))),
+            bus: Arc::new(Arc::new(RedisBus::new(another()?, revocations::max_token_age()))),
             early_events: None,
             bus_decides_ready: true,
             denial_sink: Arc::new(RedisDenials::new(&redis)),

@@ -26,9 +26,12 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, broadcast};
 use uuid::Uuid;
 
-/// The longest access-token lifetime the admin allows (config validation),
-/// plus leeway: older revocations cannot match a live token.
-pub const MAX_TOKEN_AGE: Duration = Duration::from_secs(24 * 3600 + 60);
+/// How long a revocation can matter for the longest access-token lifetime
+/// an admin accepts: older ones cannot match a live token. (A gateway does
+/// not know its admins' configured lifetime, so it assumes the longest.)
+pub fn max_token_age() -> Duration {
+    bouncer_core::revocation::relevance(bouncer_core::revocation::MAX_ACCESS_TOKEN_TTL)
+}
 
 #[derive(Default)]
 struct Entries {
@@ -127,7 +130,7 @@ impl BackgroundService for Feed {
                     since_prune += 1;
                     if since_prune >= 600 {
                         since_prune = 0;
-                        self.set.prune(OffsetDateTime::now_utc(), MAX_TOKEN_AGE);
+                        self.set.prune(OffsetDateTime::now_utc(), max_token_age());
                     }
                 }
                 _ = shutdown.changed() => return,

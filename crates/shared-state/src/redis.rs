@@ -88,7 +88,9 @@ pub(crate) fn keep_connected<C: ClientLike + Clone + Send + Sync + 'static>(clie
                 // QUIT, or the client was dropped: nothing to keep.
                 Ok(Ok(())) => return,
                 Ok(Err(e)) if e.is_canceled() => return,
-                Ok(Err(e)) => tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "redis not reachable yet"),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "redis not reachable yet")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "the redis connection task failed");
                     return;

@@ -10,6 +10,39 @@ use tokio::process::Command;
 
 use crate::harness::{BIN, PASSWORD, expect_json, expect_problem, free_port, run_cli, signal};
 
+/// Free ports for one `bouncer up`.
+struct Ports {
+    admin: u16,
+    gateway: u16,
+    metrics: u16,
+    echo: u16,
+}
+
+impl Ports {
+    fn new() -> Self {
+        Self { admin: free_port(), gateway: free_port(), metrics: free_port(), echo: free_port() }
+    }
+
+    /// Writes `routes` and a `bouncer up` configuration on these ports
+    /// (SQLite and keys under `dir`); returns the configuration's path.
+    fn write_config(&self, dir: &std::path::Path, routes: &str) -> std::path::PathBuf {
+        let routes_path = dir.join("routes.yaml");
+        std::fs::write(&routes_path, routes).unwrap();
+        let config = dir.join("bouncer.yaml");
+        let Self { admin, gateway, metrics, .. } = self;
+        std::fs::write(
+            &config,
+            format!(
+                "admin:\n  listen: 127.0.0.1:{admin}\n  database: sqlite://{0}/data/b.db\n  keys_dir: {0}/keys\n  issuer: http://127.0.0.1:{admin}\n  key_activation_delay: 0s\ngateway:\n  listen: 127.0.0.1:{gateway}\n  metrics_listen: 127.0.0.1:{metrics}\n  routes: {1}\n  jwks_url: http://127.0.0.1:{admin}/.well-known/jwks.json\n  issuer: http://127.0.0.1:{admin}\n  shutdown_grace: 2s\n",
+                dir.display(),
+                routes_path.display()
+            ),
+        )
+        .unwrap();
+        config
+    }
+}
+
 /// Polls `check` until it returns true or `limit` passes; returns how long it took.
 async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -25,26 +58,15 @@ async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (admin_port, gateway_port, metrics_port, echo_port) =
-        (free_port(), free_port(), free_port(), free_port());
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!(
-            "upstreams:\n  admin: {{ targets: [127.0.0.1:{admin_port}] }}\n  echo: {{ targets: [127.0.0.1:{echo_port}] }}\nroutes:\n  - {{ name: auth, path: /auth/**, upstream: admin, auth: none }}\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n  - {{ name: limited, path: /limited/**, upstream: echo, auth: none, rate_limit: {{ key: ip, burst: 2, per_minute: 1 }} }}\n"
+    let ports = Ports::new();
+    let (admin_port, gateway_port) = (ports.admin, ports.gateway);
+    let config = ports.write_config(
+        dir.path(),
+        &format!(
+            "upstreams:\n  admin: {{ targets: [127.0.0.1:{admin_port}] }}\n  echo: {{ targets: [127.0.0.1:{echo}] }}\nroutes:\n  - {{ name: auth, path: /auth/**, upstream: admin, auth: none }}\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n  - {{ name: limited, path: /limited/**, upstream: echo, auth: none, rate_limit: {{ key: ip, burst: 2, per_minute: 1 }} }}\n",
+            echo = ports.echo
         ),
-    )
-    .unwrap();
-    let config = dir.path().join("bouncer.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin:\n  listen: 127.0.0.1:{admin_port}\n  database: sqlite://{0}/data/b.db\n  keys_dir: {0}/keys\n  issuer: http://127.0.0.1:{admin_port}\n  key_activation_delay: 0s\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {1}\n  jwks_url: http://127.0.0.1:{admin_port}/.well-known/jwks.json\n  issuer: http://127.0.0.1:{admin_port}\n  shutdown_grace: 2s\n",
-            dir.path().display(),
-            routes.display()
-        ),
-    )
-    .unwrap();
+    );
     let mut up = Command::new(BIN)
         .args(["up", "--config"])
         .arg(&config)
@@ -226,26 +248,15 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_authenticated_requests_as_soon_as_the_admin_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let (admin_port, gateway_port, metrics_port, echo_port) =
-        (free_port(), free_port(), free_port(), free_port());
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!(
-            "upstreams:\n  echo: {{ targets: [127.0.0.1:{echo_port}] }}\nroutes:\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n"
+    let ports = Ports::new();
+    let (admin_port, gateway_port, metrics_port) = (ports.admin, ports.gateway, ports.metrics);
+    let config = ports.write_config(
+        dir.path(),
+        &format!(
+            "upstreams:\n  echo: {{ targets: [127.0.0.1:{}] }}\nroutes:\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n",
+            ports.echo
         ),
-    )
-    .unwrap();
-    let config = dir.path().join("bouncer.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin:\n  listen: 127.0.0.1:{admin_port}\n  database: sqlite://{0}/data/b.db\n  keys_dir: {0}/keys\n  issuer: http://127.0.0.1:{admin_port}\n  key_activation_delay: 0s\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  metrics_listen: 127.0.0.1:{metrics_port}\n  routes: {1}\n  jwks_url: http://127.0.0.1:{admin_port}/.well-known/jwks.json\n  issuer: http://127.0.0.1:{admin_port}\n  shutdown_grace: 2s\n",
-            dir.path().display(),
-            routes.display()
-        ),
-    )
-    .unwrap();
+    );
     // The key exists before the start, so the test can sign a token the
     // admin will verify (it never issued it: the gateway only checks keys).
     let rotate = run_cli(&config, &["keys", "rotate"], None).await;
