@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod bucket;
 pub mod claims;
+pub mod client_ip;
 pub mod config;
 pub mod duration;
 pub mod email;
