@@ -118,6 +118,32 @@ pub struct GatewayConfig {
     pub shutdown_grace: ConfigDuration,
     /// Names of the headers the gateway injects (and always strips).
     pub identity_headers: IdentityHeaders,
+    pub access_log: AccessLogConfig,
+}
+
+/// `gateway.access_log`: one line per request, written off the request path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Default `true`.
+    pub enabled: bool,
+    /// `text` or `json`; absent: the process's `--log-format`.
+    pub format: Option<AccessLogFormat>,
+    /// `stderr` (default) or a file, appended to and reopened when moved away.
+    pub path: String,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        Self { enabled: true, format: None, path: "stderr".into() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    Text,
+    Json,
 }
 
 /// `gateway.identity_headers`: what upstreams read the identity from.
@@ -228,6 +254,7 @@ impl Default for GatewayConfig {
             on_store_error: OnStoreError::Local,
             shutdown_grace: ConfigDuration::from_secs(10),
             identity_headers: IdentityHeaders::default(),
+            access_log: AccessLogConfig::default(),
         }
     }
 }
@@ -369,6 +396,9 @@ impl Config {
             return Err("admin.max_db_connections: must be at least 1".into());
         }
         self.gateway.identity_headers.validate()?;
+        if self.gateway.access_log.path.trim().is_empty() {
+            return Err("gateway.access_log.path: must be `stderr` or a file path".into());
+        }
         if self.gateway.listen == self.gateway.metrics_listen {
             return Err("gateway.metrics_listen: must differ from gateway.listen".into());
         }
@@ -435,6 +465,8 @@ redis: redis://127.0.0.1:6379
             ("gateway: { identity_headers: { user_id: \"X User\" } }", "identity_headers.user_id"),
             ("gateway: { identity_headers: { roles: Authorization } }", "reserved"),
             ("gateway: { identity_headers: { email: X-User-Id } }", "used twice"),
+            ("gateway: { access_log: { path: \"\" } }", "gateway.access_log.path"),
+            ("gateway: { access_log: { format: xml } }", "unknown variant"),
             ("admin: { refresh_token_ttl: 99999999d }", "at most 3650d"),
             ("admin: { login_throttle: { window: 365d } }", "admin.login_throttle.window"),
         ] {

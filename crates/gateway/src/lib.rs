@@ -8,6 +8,7 @@
 //! background tasks.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod drain;
 pub mod identity;
 pub mod jwks;
