@@ -40,10 +40,16 @@ pub enum Action {
     RoleCreated,
     RoleDeleted,
     GatewayDenied,
+    ClientCreated,
+    ClientSecretRotated,
+    ClientDeleted,
+    OAuthTokenIssued,
+    ApiKeyCreated,
+    ApiKeyRevoked,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 21] = [
         Action::UserSignup,
         Action::UserCreated,
         Action::LoginSucceeded,
@@ -59,6 +65,12 @@ impl Action {
         Action::RoleCreated,
         Action::RoleDeleted,
         Action::GatewayDenied,
+        Action::ClientCreated,
+        Action::ClientSecretRotated,
+        Action::ClientDeleted,
+        Action::OAuthTokenIssued,
+        Action::ApiKeyCreated,
+        Action::ApiKeyRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +90,12 @@ impl Action {
             Action::RoleCreated => "role.created",
             Action::RoleDeleted => "role.deleted",
             Action::GatewayDenied => "gateway.denied",
+            Action::ClientCreated => "client.created",
+            Action::ClientSecretRotated => "client.secret.rotated",
+            Action::ClientDeleted => "client.deleted",
+            Action::OAuthTokenIssued => "oauth.token.issued",
+            Action::ApiKeyCreated => "api_key.created",
+            Action::ApiKeyRevoked => "api_key.revoked",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod bucket;
 pub mod claims;
 pub mod client_ip;
 pub mod config;
+pub mod credential;
 pub mod duration;
 pub mod email;
 pub mod jwt;

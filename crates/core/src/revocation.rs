@@ -35,13 +35,15 @@ pub enum RevokeReason {
     Banned,
     Deleted,
     RoleDeleted,
+    /// A machine client was deleted: its tokens die (its id is their `sub`).
+    ClientDeleted,
     /// A reason this version does not know (written by a newer one): still
     /// a revocation, only its label is lost.
     Other,
 }
 
 impl RevokeReason {
-    const ALL: [RevokeReason; 9] = [
+    const ALL: [RevokeReason; 10] = [
         RevokeReason::Logout,
         RevokeReason::LogoutAll,
         RevokeReason::PasswordChanged,
@@ -50,6 +52,7 @@ impl RevokeReason {
         RevokeReason::Banned,
         RevokeReason::Deleted,
         RevokeReason::RoleDeleted,
+        RevokeReason::ClientDeleted,
         RevokeReason::Other,
     ];
 
@@ -63,6 +66,7 @@ impl RevokeReason {
             RevokeReason::Banned => "banned",
             RevokeReason::Deleted => "deleted",
             RevokeReason::RoleDeleted => "role_deleted",
+            RevokeReason::ClientDeleted => "client_deleted",
             RevokeReason::Other => "other",
         }
     }

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use bouncer_core::{
     audit::{self, AuditContext, AuditEvent, AuditRecord, StoredRecord},
     config::DatabaseUrl,
+    credential,
     revocation::{Revocation, RevocationKind},
     throttle::{AttemptEnd, ThrottleDecision},
     token::TokenHash,
@@ -248,6 +249,86 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revocations made after `since`, oldest first (a gateway's snapshot).
     async fn revocations_since(&self, since: OffsetDateTime) -> Result<Vec<Revocation>>;
+
+    /// Creates a service client with its first secret (`UnknownRole`) and
+    /// records `client.created`.
+    async fn create_client(&self, new: NewClient, ctx: &AuditContext) -> Result<Client>;
+
+    /// Every client, by creation.
+    async fn clients(&self) -> Result<Vec<Client>>;
+
+    async fn client(&self, id: Uuid) -> Result<Option<Client>>;
+
+    /// The client and the hashes of its secrets valid at `now`.
+    async fn client_credential(&self, id: Uuid, now: OffsetDateTime) -> Result<Option<ClientCredential>>;
+
+    /// Adds `secret`; the client's older secrets stay valid until
+    /// `overlap_until` (those already ending sooner keep their end).
+    /// `NotFound`; records `client.secret.rotated`.
+    async fn rotate_client_secret(
+        &self,
+        id: Uuid,
+        secret: TokenHash,
+        overlap_until: OffsetDateTime,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Client>;
+
+    /// Deletes a client and its secrets (`NotFound`), revokes its tokens
+    /// (a user revocation of its id) and records `client.deleted`.
+    async fn delete_client(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>>;
+
+    /// Stores a user's API key (`NotFound` for the user, `UnknownRole`) and
+    /// records `api_key.created`. The caller has checked the roles are the
+    /// owner's.
+    async fn create_api_key(&self, new: NewApiKey, ctx: &AuditContext) -> Result<ApiKeyRecord>;
+
+    /// API keys, of one user or of everyone, by creation.
+    async fn api_keys(&self, user: Option<Uuid>) -> Result<Vec<ApiKeyRecord>>;
+
+    /// Deletes a key (`NotFound`, also when `owner` is given and is not
+    /// its owner) and records `api_key.revoked`. Returns what was deleted.
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        owner: Option<Uuid>,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<ApiKeyRecord>;
+
+    /// Keys with what decides their use, of one user or of everyone.
+    async fn api_key_grants(&self, user: Option<Uuid>) -> Result<Vec<ApiKeyGrant>>;
+}
+
+/// The keys a gateway may accept at `now` (of one user, or all): the store
+/// reads, core's rule decides.
+pub async fn usable_api_keys(
+    store: &dyn Store,
+    user: Option<Uuid>,
+    now: OffsetDateTime,
+) -> Result<Vec<UsableApiKey>> {
+    Ok(store
+        .api_key_grants(user)
+        .await?
+        .into_iter()
+        .filter_map(|g| {
+            let roles =
+                credential::key_grants(&g.key.roles, &g.owner_roles, g.owner_banned, g.key.expires_at, now)?;
+            Some(UsableApiKey {
+                id: g.key.id,
+                user_id: g.key.user_id,
+                prefix: g.key.prefix,
+                hash: g.hash,
+                roles,
+                expires_at: g.key.expires_at,
+            })
+        })
+        .collect())
 }
 
 /// Walks the whole audit chain in pages. `Ok(Ok((count, head_hash)))` when

@@ -39,6 +39,7 @@ pub const POSTGRES: &[Migration] = &[
     migration!(1, "identity", "postgres/0001_identity.sql"),
     migration!(2, "audit", "postgres/0002_audit.sql"),
     migration!(3, "revocations", "postgres/0003_revocations.sql"),
+    migration!(4, "machine_clients", "postgres/0004_machine_clients.sql"),
 ];
 
 /// Migrations of the SQLite store, in order.
@@ -46,6 +47,7 @@ pub const SQLITE: &[Migration] = &[
     migration!(1, "identity", "sqlite/0001_identity.sql"),
     migration!(2, "audit", "sqlite/0002_audit.sql"),
     migration!(3, "revocations", "sqlite/0003_revocations.sql"),
+    migration!(4, "machine_clients", "sqlite/0004_machine_clients.sql"),
 ];
 
 /// What a migration run did.

@@ -163,3 +163,79 @@ pub struct AuditFilter {
     pub before_seq: Option<i64>,
     pub limit: u32,
 }
+
+/// An OAuth2 service client. Never carries a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    /// Also its tokens' `sub` and `client_id`.
+    pub id: Uuid,
+    pub name: String,
+    /// Sorted by name.
+    pub roles: Vec<String>,
+    pub created_at: OffsetDateTime,
+}
+
+/// Input of [`crate::Store::create_client`].
+#[derive(Clone, Debug)]
+pub struct NewClient {
+    pub id: Uuid,
+    pub name: String,
+    pub roles: Vec<String>,
+    pub secret: TokenHash,
+    pub now: OffsetDateTime,
+}
+
+/// A client with the hashes of the secrets valid at some time, for the
+/// token endpoint's check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCredential {
+    pub client: Client,
+    pub secrets: Vec<TokenHash>,
+}
+
+/// A user's API key as listed. Never carries the key or its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    /// Sorted by name: what the key may do at most.
+    pub roles: Vec<String>,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Input of [`crate::Store::create_api_key`].
+#[derive(Clone, Debug)]
+pub struct NewApiKey {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub hash: TokenHash,
+    pub roles: Vec<String>,
+    pub now: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// A key with what decides whether a gateway may accept it
+/// ([`bouncer_core::credential::key_grants`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyGrant {
+    pub key: ApiKeyRecord,
+    pub hash: TokenHash,
+    pub owner_roles: Vec<String>,
+    pub owner_banned: bool,
+}
+
+/// A key a gateway may accept now, with the roles it acts with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsableApiKey {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub prefix: String,
+    pub hash: TokenHash,
+    pub roles: Vec<String>,
+    pub expires_at: Option<OffsetDateTime>,
+}

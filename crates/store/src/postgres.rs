@@ -16,8 +16,9 @@ use tokio_postgres::{NoTls, Row, error::SqlState};
 use uuid::Uuid;
 
 use crate::{
-    AuditFilter, Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role,
-    Rotation, Session, Store, StoreError, User, UserFilter, migrate,
+    ApiKeyGrant, ApiKeyRecord, AuditFilter, Client, ClientCredential, Credential, LoginAttempt, Migration,
+    MigrationReport, NewApiKey, NewClient, NewSession, NewUser, Result, Role, Rotation, Session, Store,
+    StoreError, User, UserFilter, migrate,
 };
 
 /// How long a request waits for a connection, or to open one, before the
@@ -394,16 +395,7 @@ impl Store for PgStore {
     async fn create_user(&self, new: NewUser, ctx: &AuditContext) -> Result<User> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
-        let known: Vec<String> = tx
-            .query("SELECT name FROM roles WHERE name = ANY($1)", &[&new.roles])
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if let Some(missing) = new.roles.iter().find(|r| !known.contains(r)) {
-            return Err(StoreError::UnknownRole(missing.clone()));
-        }
+        check_roles(&tx, &new.roles).await?;
         tx.execute(
             "INSERT INTO users (id, email, email_key, password_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
             &[&new.id, &new.email.as_str(), &new.email.key(), &new.password_hash, &new.now],
@@ -767,7 +759,11 @@ impl Store for PgStore {
             return Err(StoreError::BuiltinRole);
         }
         let holders: Vec<Uuid> = tx
-            .query("SELECT user_id FROM user_roles WHERE role = $1 ORDER BY user_id", &[&name])
+            .query(
+                "SELECT user_id FROM user_roles WHERE role = $1
+                 UNION SELECT client_id FROM client_roles WHERE role = $1 ORDER BY 1",
+                &[&name],
+            )
             .await
             .map_err(pg_err)?
             .iter()
@@ -816,16 +812,7 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         let before = lock_user(&tx, user_id).await?;
-        let known: Vec<String> = tx
-            .query("SELECT name FROM roles WHERE name = ANY($1)", &[&roles])
-            .await
-            .map_err(pg_err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if let Some(missing) = roles.iter().find(|r| !known.contains(r)) {
-            return Err(StoreError::UnknownRole(missing.clone()));
-        }
+        check_roles(&tx, roles).await?;
         tx.execute("DELETE FROM user_roles WHERE user_id = $1", &[&user_id]).await.map_err(pg_err)?;
         tx.execute(
             "INSERT INTO user_roles (user_id, role) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
@@ -956,5 +943,268 @@ impl Store for PgStore {
             .await
             .map_err(pg_err)?;
         Ok(rows.iter().map(|r| Role { name: r.get(0), description: r.get(1), builtin: r.get(2) }).collect())
+    }
+
+    async fn create_client(&self, new: NewClient, ctx: &AuditContext) -> Result<Client> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        check_roles(&tx, &new.roles).await?;
+        tx.execute(
+            "INSERT INTO clients (id, name, created_at) VALUES ($1, $2, $3)",
+            &[&new.id, &new.name, &new.now],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO client_roles (client_id, role) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+            &[&new.id, &new.roles],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO client_secrets (hash, client_id, created_at) VALUES ($1, $2, $3)",
+            &[&&new.secret.0[..], &new.id, &new.now],
+        )
+        .await
+        .map_err(pg_err)?;
+        let created = load_client(&tx, new.id).await?.ok_or_else(|| missing("the new client"))?;
+        let audited = Audited::ClientCreated { client: new.id, name: &created.name, roles: &created.roles };
+        append(&tx, &[audited.event(ctx, new.now)]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(created)
+    }
+
+    async fn clients(&self) -> Result<Vec<Client>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(&format!("SELECT {CLIENT_COLUMNS} FROM clients c ORDER BY c.created_at, c.id"), &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(client_from).collect())
+    }
+
+    async fn client(&self, id: Uuid) -> Result<Option<Client>> {
+        load_client(&self.client().await?, id).await
+    }
+
+    async fn client_credential(&self, id: Uuid, now: OffsetDateTime) -> Result<Option<ClientCredential>> {
+        let db = self.client().await?;
+        let Some(client) = load_client(&db, id).await? else { return Ok(None) };
+        let secrets = db
+            .query(
+                "SELECT hash FROM client_secrets WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                &[&id, &now],
+            )
+            .await
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| hash32(r.get(0)).map(TokenHash))
+            .collect::<Result<_>>()?;
+        Ok(Some(ClientCredential { client, secrets }))
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        id: Uuid,
+        secret: TokenHash,
+        overlap_until: OffsetDateTime,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Client> {
+        let mut db = self.client().await?;
+        let tx = db.transaction().await.map_err(pg_err)?;
+        let found =
+            tx.query_opt("SELECT id FROM clients WHERE id = $1 FOR UPDATE", &[&id]).await.map_err(pg_err)?;
+        if found.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        tx.execute(
+            "UPDATE client_secrets SET expires_at = LEAST(COALESCE(expires_at, $2), $2) WHERE client_id = $1",
+            &[&id, &overlap_until],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO client_secrets (hash, client_id, created_at) VALUES ($1, $2, $3)",
+            &[&&secret.0[..], &id, &now],
+        )
+        .await
+        .map_err(pg_err)?;
+        let client = load_client(&tx, id).await?.ok_or_else(|| missing("the client"))?;
+        append(&tx, &[Audited::ClientSecretRotated { client: id, overlap_until }.event(ctx, now)]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(client)
+    }
+
+    async fn delete_client(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>> {
+        let mut db = self.client().await?;
+        let tx = db.transaction().await.map_err(pg_err)?;
+        let name: String = tx
+            .query_opt("DELETE FROM clients WHERE id = $1 RETURNING name", &[&id])
+            .await
+            .map_err(pg_err)?
+            .ok_or(StoreError::NotFound)?
+            .get(0);
+        let revocations = vec![Revocation::user(id, now, RevokeReason::ClientDeleted)];
+        record_revocations(&tx, &revocations).await?;
+        append(&tx, &[Audited::ClientDeleted { client: id, name: &name }.event(ctx, now)]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(revocations)
+    }
+
+    async fn create_api_key(&self, new: NewApiKey, ctx: &AuditContext) -> Result<ApiKeyRecord> {
+        let mut db = self.client().await?;
+        let tx = db.transaction().await.map_err(pg_err)?;
+        lock_user(&tx, new.user_id).await?;
+        check_roles(&tx, &new.roles).await?;
+        tx.execute(
+            "INSERT INTO api_keys (id, user_id, name, prefix, hash, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&new.id, &new.user_id, &new.name, &new.prefix, &&new.hash.0[..], &new.now, &new.expires_at],
+        )
+        .await
+        .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO api_key_roles (key_id, role) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+            &[&new.id, &new.roles],
+        )
+        .await
+        .map_err(pg_err)?;
+        let key =
+            load_api_keys(&tx, "k.id = $1", &new.id).await?.pop().ok_or_else(|| missing("the new key"))?;
+        let audited = Audited::ApiKeyCreated {
+            key: key.id,
+            owner: key.user_id,
+            name: &key.name,
+            prefix: &key.prefix,
+            roles: &key.roles,
+            expires_at: key.expires_at,
+        };
+        append(&tx, &[audited.event(ctx, new.now)]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(key)
+    }
+
+    async fn api_keys(&self, user: Option<Uuid>) -> Result<Vec<ApiKeyRecord>> {
+        let db = self.client().await?;
+        load_api_keys(&db, "($1::uuid IS NULL OR k.user_id = $1)", &user).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        owner: Option<Uuid>,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<ApiKeyRecord> {
+        let mut db = self.client().await?;
+        let tx = db.transaction().await.map_err(pg_err)?;
+        let key = load_api_keys(&tx, "k.id = $1", &id).await?.pop().ok_or(StoreError::NotFound)?;
+        if owner.is_some_and(|o| o != key.user_id) {
+            return Err(StoreError::NotFound);
+        }
+        tx.execute("DELETE FROM api_keys WHERE id = $1", &[&id]).await.map_err(pg_err)?;
+        let audited = Audited::ApiKeyRevoked { key: key.id, owner: key.user_id, prefix: &key.prefix };
+        append(&tx, &[audited.event(ctx, now)]).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(key)
+    }
+
+    async fn api_key_grants(&self, user: Option<Uuid>) -> Result<Vec<ApiKeyGrant>> {
+        let db = self.client().await?;
+        let rows = db
+            .query(
+                &format!(
+                    "SELECT {API_KEY_COLUMNS}, k.hash, u.banned_at IS NOT NULL AS owner_banned,
+                            COALESCE((SELECT array_agg(r.role ORDER BY r.role COLLATE \"C\") FROM user_roles r WHERE r.user_id = k.user_id), '{{}}') AS owner_roles
+                       FROM api_keys k JOIN users u ON u.id = k.user_id
+                      WHERE ($1::uuid IS NULL OR k.user_id = $1) ORDER BY k.created_at, k.id"
+                ),
+                &[&user],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiKeyGrant {
+                    key: api_key_from(r),
+                    hash: TokenHash(hash32(r.get("hash"))?),
+                    owner_roles: r.get("owner_roles"),
+                    owner_banned: r.get("owner_banned"),
+                })
+            })
+            .collect()
+    }
+}
+
+const CLIENT_COLUMNS: &str = "c.id, c.name, c.created_at,
+    COALESCE((SELECT array_agg(r.role ORDER BY r.role COLLATE \"C\") FROM client_roles r WHERE r.client_id = c.id), '{}') AS roles";
+
+fn client_from(row: &Row) -> Client {
+    Client {
+        id: row.get("id"),
+        name: row.get("name"),
+        roles: row.get("roles"),
+        created_at: row.get("created_at"),
+    }
+}
+
+async fn load_client<C: GenericClient>(db: &C, id: Uuid) -> Result<Option<Client>> {
+    let row = db
+        .query_opt(&format!("SELECT {CLIENT_COLUMNS} FROM clients c WHERE c.id = $1"), &[&id])
+        .await
+        .map_err(pg_err)?;
+    Ok(row.as_ref().map(client_from))
+}
+
+const API_KEY_COLUMNS: &str = "k.id, k.user_id, k.name, k.prefix, k.created_at, k.expires_at,
+    COALESCE((SELECT array_agg(r.role ORDER BY r.role COLLATE \"C\") FROM api_key_roles r WHERE r.key_id = k.id), '{}') AS roles";
+
+fn api_key_from(row: &Row) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: row.get("id"),
+        user_id: row.get("user_id"),
+        name: row.get("name"),
+        prefix: row.get("prefix"),
+        roles: row.get("roles"),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
+    }
+}
+
+async fn load_api_keys<C: GenericClient>(
+    db: &C,
+    condition: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+) -> Result<Vec<ApiKeyRecord>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {API_KEY_COLUMNS} FROM api_keys k WHERE {condition} ORDER BY k.created_at, k.id"
+            ),
+            &[value],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(rows.iter().map(api_key_from).collect())
+}
+
+/// `UnknownRole` naming the first of `roles` that does not exist.
+async fn check_roles<C: GenericClient>(tx: &C, roles: &[String]) -> Result<()> {
+    let known: Vec<String> = tx
+        .query("SELECT name FROM roles WHERE name = ANY($1)", &[&roles])
+        .await
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    match roles.iter().find(|r| !known.contains(r)) {
+        Some(missing) => Err(StoreError::UnknownRole(missing.clone())),
+        None => Ok(()),
     }
 }

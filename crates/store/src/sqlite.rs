@@ -25,8 +25,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    AuditFilter, Credential, LoginAttempt, Migration, MigrationReport, NewSession, NewUser, Result, Role,
-    Rotation, Session, Store, StoreError, User, UserFilter, migrate,
+    ApiKeyGrant, ApiKeyRecord, AuditFilter, Client, ClientCredential, Credential, LoginAttempt, Migration,
+    MigrationReport, NewApiKey, NewClient, NewSession, NewUser, Result, Role, Rotation, Session, Store,
+    StoreError, User, UserFilter, migrate,
 };
 
 /// How long a statement waits for another process's write lock before the
@@ -382,14 +383,7 @@ impl Store for SqliteStore {
         let audit = new.audited().event(ctx, new.now);
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
-            for role in &new.roles {
-                let known: bool = tx
-                    .query_row("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)", [role], |r| r.get(0))
-                    .map_err(sqlite_err)?;
-                if !known {
-                    return Err(StoreError::UnknownRole(role.clone()));
-                }
-            }
+            check_roles(&tx, &new.roles)?;
             let id = new.id.to_string();
             tx.execute(
                 "INSERT INTO users (id, email, email_key, password_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -763,7 +757,10 @@ impl Store for SqliteStore {
             }
             let holders: Vec<Uuid> = {
                 let mut stmt = tx
-                    .prepare("SELECT user_id FROM user_roles WHERE role = ?1 ORDER BY user_id")
+                    .prepare(
+                        "SELECT user_id FROM user_roles WHERE role = ?1
+                         UNION SELECT client_id FROM client_roles WHERE role = ?1 ORDER BY 1",
+                    )
                     .map_err(sqlite_err)?;
                 let ids = stmt
                     .query_map([&name], |r| r.get::<_, String>(0))
@@ -817,14 +814,7 @@ impl Store for SqliteStore {
         self.with_conn(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
             let before = load_user(&tx, user_id)?;
-            for role in &roles {
-                let known: bool = tx
-                    .query_row("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)", [role], |r| r.get(0))
-                    .map_err(sqlite_err)?;
-                if !known {
-                    return Err(StoreError::UnknownRole(role.clone()));
-                }
-            }
+            check_roles(&tx, &roles)?;
             let id = user_id.to_string();
             tx.execute("DELETE FROM user_roles WHERE user_id = ?1", [&id]).map_err(sqlite_err)?;
             for role in &roles {
@@ -988,6 +978,276 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn create_client(&self, new: NewClient, ctx: &AuditContext) -> Result<Client> {
+        let ctx = ctx.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            check_roles(&tx, &new.roles)?;
+            let id = new.id.to_string();
+            tx.execute(
+                "INSERT INTO clients (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![id, new.name, micros(new.now)],
+            )
+            .map_err(sqlite_err)?;
+            for role in &new.roles {
+                tx.execute(
+                    "INSERT OR IGNORE INTO client_roles (client_id, role) VALUES (?1, ?2)",
+                    params![id, role],
+                )
+                .map_err(sqlite_err)?;
+            }
+            tx.execute(
+                "INSERT INTO client_secrets (hash, client_id, created_at) VALUES (?1, ?2, ?3)",
+                params![&new.secret.0[..], id, micros(new.now)],
+            )
+            .map_err(sqlite_err)?;
+            let created =
+                load_clients(&tx, "c.id = ?1", &id)?.pop().ok_or_else(|| missing("the new client"))?;
+            let audited =
+                Audited::ClientCreated { client: new.id, name: &created.name, roles: &created.roles };
+            append(&tx, &[audited.event(&ctx, new.now)])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn clients(&self) -> Result<Vec<Client>> {
+        self.with_conn(|conn| load_clients(conn, "?1 IS NULL", &Option::<String>::None)).await
+    }
+
+    async fn client(&self, id: Uuid) -> Result<Option<Client>> {
+        self.with_conn(move |conn| Ok(load_clients(conn, "c.id = ?1", &id.to_string())?.pop())).await
+    }
+
+    async fn client_credential(&self, id: Uuid, now: OffsetDateTime) -> Result<Option<ClientCredential>> {
+        self.with_conn(move |conn| {
+            let Some(client) = load_clients(conn, "c.id = ?1", &id.to_string())?.pop() else { return Ok(None) };
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hash FROM client_secrets WHERE client_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                )
+                .map_err(sqlite_err)?;
+            let hashes = stmt
+                .query_map(params![id.to_string(), micros(now)], |r| r.get::<_, Vec<u8>>(0))
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sqlite_err)?;
+            let secrets = hashes.into_iter().map(|h| hash32(h).map(TokenHash)).collect::<Result<_>>()?;
+            Ok(Some(ClientCredential { client, secrets }))
+        })
+        .await
+    }
+
+    async fn rotate_client_secret(
+        &self,
+        id: Uuid,
+        secret: TokenHash,
+        overlap_until: OffsetDateTime,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Client> {
+        let ctx = ctx.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let key = id.to_string();
+            if load_clients(&tx, "c.id = ?1", &key)?.is_empty() {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute(
+                "UPDATE client_secrets SET expires_at = MIN(COALESCE(expires_at, ?2), ?2) WHERE client_id = ?1",
+                params![key, micros(overlap_until)],
+            )
+            .map_err(sqlite_err)?;
+            tx.execute(
+                "INSERT INTO client_secrets (hash, client_id, created_at) VALUES (?1, ?2, ?3)",
+                params![&secret.0[..], key, micros(now)],
+            )
+            .map_err(sqlite_err)?;
+            let client = load_clients(&tx, "c.id = ?1", &key)?.pop().ok_or_else(|| missing("the client"))?;
+            append(&tx, &[Audited::ClientSecretRotated { client: id, overlap_until }.event(&ctx, now)])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(client)
+        })
+        .await
+    }
+
+    async fn delete_client(
+        &self,
+        id: Uuid,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<Vec<Revocation>> {
+        let ctx = ctx.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let name: String = tx
+                .query_row("DELETE FROM clients WHERE id = ?1 RETURNING name", [id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(sqlite_err)?
+                .ok_or(StoreError::NotFound)?;
+            let revocations = vec![Revocation::user(id, now, RevokeReason::ClientDeleted)];
+            record_revocations(&tx, &revocations)?;
+            append(&tx, &[Audited::ClientDeleted { client: id, name: &name }.event(&ctx, now)])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(revocations)
+        })
+        .await
+    }
+
+    async fn create_api_key(&self, new: NewApiKey, ctx: &AuditContext) -> Result<ApiKeyRecord> {
+        let ctx = ctx.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            load_user(&tx, new.user_id)?;
+            check_roles(&tx, &new.roles)?;
+            let id = new.id.to_string();
+            tx.execute(
+                "INSERT INTO api_keys (id, user_id, name, prefix, hash, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    id,
+                    new.user_id.to_string(),
+                    new.name,
+                    new.prefix,
+                    &new.hash.0[..],
+                    micros(new.now),
+                    new.expires_at.map(micros)
+                ],
+            )
+            .map_err(sqlite_err)?;
+            for role in &new.roles {
+                tx.execute(
+                    "INSERT OR IGNORE INTO api_key_roles (key_id, role) VALUES (?1, ?2)",
+                    params![id, role],
+                )
+                .map_err(sqlite_err)?;
+            }
+            let key = load_api_keys(&tx, "k.id = ?1", &id)?.pop().ok_or_else(|| missing("the new key"))?.key;
+            let audited = Audited::ApiKeyCreated {
+                key: key.id,
+                owner: key.user_id,
+                name: &key.name,
+                prefix: &key.prefix,
+                roles: &key.roles,
+                expires_at: key.expires_at,
+            };
+            append(&tx, &[audited.event(&ctx, new.now)])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn api_keys(&self, user: Option<Uuid>) -> Result<Vec<ApiKeyRecord>> {
+        self.api_key_grants(user).await.map(|grants| grants.into_iter().map(|g| g.key).collect())
+    }
+
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        owner: Option<Uuid>,
+        now: OffsetDateTime,
+        ctx: &AuditContext,
+    ) -> Result<ApiKeyRecord> {
+        let ctx = ctx.clone();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_err)?;
+            let key =
+                load_api_keys(&tx, "k.id = ?1", &id.to_string())?.pop().ok_or(StoreError::NotFound)?.key;
+            if owner.is_some_and(|o| o != key.user_id) {
+                return Err(StoreError::NotFound);
+            }
+            tx.execute("DELETE FROM api_keys WHERE id = ?1", [id.to_string()]).map_err(sqlite_err)?;
+            let audited = Audited::ApiKeyRevoked { key: key.id, owner: key.user_id, prefix: &key.prefix };
+            append(&tx, &[audited.event(&ctx, now)])?;
+            tx.commit().map_err(sqlite_err)?;
+            Ok(key)
+        })
+        .await
+    }
+
+    async fn api_key_grants(&self, user: Option<Uuid>) -> Result<Vec<ApiKeyGrant>> {
+        self.with_conn(move |conn| {
+            load_api_keys(conn, "?1 IS NULL OR k.user_id = ?1", &user.map(|u| u.to_string()))
+        })
+        .await
+    }
+}
+
+/// `UnknownRole` naming the first of `roles` that does not exist.
+fn check_roles(conn: &Connection, roles: &[String]) -> Result<()> {
+    for role in roles {
+        let known: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM roles WHERE name = ?1)", [role], |r| r.get(0))
+            .map_err(sqlite_err)?;
+        if !known {
+            return Err(StoreError::UnknownRole(role.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn split_roles(roles: Option<String>) -> Vec<String> {
+    roles.map(|r| r.split(',').map(str::to_owned).collect()).unwrap_or_default()
+}
+
+fn load_clients(conn: &Connection, condition: &str, value: &dyn rusqlite::ToSql) -> Result<Vec<Client>> {
+    let sql = format!(
+        "SELECT c.id, c.name, c.created_at,
+                (SELECT group_concat(role, ',') FROM (SELECT role FROM client_roles r WHERE r.client_id = c.id ORDER BY role)) AS roles
+           FROM clients c WHERE {condition} ORDER BY c.created_at, c.id"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_err)?;
+    stmt.query_map([value], |r| {
+        Ok(Client {
+            id: uuid_col(r, "id")?,
+            name: r.get("name")?,
+            roles: split_roles(r.get("roles")?),
+            created_at: instant(r.get("created_at")?),
+        })
+    })
+    .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+    .map_err(sqlite_err)
+}
+
+fn load_api_keys(
+    conn: &Connection,
+    condition: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<Vec<ApiKeyGrant>> {
+    let sql = format!(
+        "SELECT k.id, k.user_id, k.name, k.prefix, k.hash, k.created_at, k.expires_at, u.banned_at IS NOT NULL AS owner_banned,
+                (SELECT group_concat(role, ',') FROM (SELECT role FROM api_key_roles r WHERE r.key_id = k.id ORDER BY role)) AS roles,
+                (SELECT group_concat(role, ',') FROM (SELECT role FROM user_roles r WHERE r.user_id = k.user_id ORDER BY role)) AS owner_roles
+           FROM api_keys k JOIN users u ON u.id = k.user_id WHERE {condition} ORDER BY k.created_at, k.id"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(sqlite_err)?;
+    let rows = stmt
+        .query_map([value], |r| {
+            let key = ApiKeyRecord {
+                id: uuid_col(r, "id")?,
+                user_id: uuid_col(r, "user_id")?,
+                name: r.get("name")?,
+                prefix: r.get("prefix")?,
+                roles: split_roles(r.get("roles")?),
+                created_at: instant(r.get("created_at")?),
+                expires_at: opt_instant(r.get("expires_at")?),
+            };
+            Ok((
+                key,
+                r.get::<_, Vec<u8>>("hash")?,
+                split_roles(r.get("owner_roles")?),
+                r.get("owner_banned")?,
+            ))
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sqlite_err)?;
+    rows.into_iter()
+        .map(|(key, hash, owner_roles, owner_banned)| {
+            Ok(ApiKeyGrant { key, hash: TokenHash(hash32(hash)?), owner_roles, owner_banned })
+        })
+        .collect()
 }
 
 fn insert_refresh_token(

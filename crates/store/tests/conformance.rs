@@ -5,14 +5,16 @@ use std::{sync::Arc, time::Duration};
 
 use bouncer_core::{
     audit::{Action, AuditContext, Outcome},
+    credential::{ApiKey, ClientSecret},
     email::Email,
     revocation::{Revocation, RevokeReason},
     throttle::{AttemptEnd, ThrottleDecision},
-    token::RefreshToken,
+    token::{RefreshToken, TokenHash},
 };
 use bouncer_store::{
-    AuditFilter, LoginAttempt, Migration, NewSession, NewUser, Role, Rotation, SettledAttempt, Store,
-    StoreError, UserFilter, UserOrigin, postgres::PgStore, sqlite::SqliteStore, testing::TestDatabase,
+    AuditFilter, LoginAttempt, Migration, NewApiKey, NewClient, NewSession, NewUser, Role, Rotation,
+    SettledAttempt, Store, StoreError, UserFilter, UserOrigin, postgres::PgStore, sqlite::SqliteStore,
+    testing::TestDatabase,
 };
 use serde_json::json;
 use time::{OffsetDateTime, macros::datetime};
@@ -82,6 +84,9 @@ conformance!(
     deleting_a_user_keeps_the_audit_history,
     users_page_by_id_and_filter_by_email_prefix,
     audit_pages_newest_first_with_filters,
+    clients_are_created_rotated_with_overlap_and_deleted,
+    deleting_a_role_counts_and_revokes_its_clients,
+    api_keys_belong_to_their_owner_and_grant_what_both_hold,
 );
 
 const T0: OffsetDateTime = datetime!(2026-03-01 10:00 UTC);
@@ -736,4 +741,152 @@ async fn sqlite_file_is_private() {
     let path = dir.path().join("b.db");
     SqliteStore::open(&path).await.unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+fn secret(seed: u8) -> TokenHash {
+    ClientSecret::from_random([seed; 32]).hash()
+}
+
+async fn clients_are_created_rotated_with_overlap_and_deleted(store: Arc<dyn Store>) {
+    let id = Uuid::now_v7();
+    let new = NewClient {
+        id,
+        name: "billing-cron".into(),
+        roles: vec!["user".into(), "service".into()],
+        secret: secret(1),
+        now: T0,
+    };
+    let client = store.create_client(new.clone(), &ctx()).await.unwrap();
+    assert_eq!(
+        (client.id, client.name.as_str(), client.roles.clone()),
+        (id, "billing-cron", vec!["service".to_owned(), "user".to_owned()])
+    );
+    assert_eq!(store.clients().await.unwrap(), std::slice::from_ref(&client));
+    assert_eq!(store.client(id).await.unwrap(), Some(client.clone()));
+    let bad = NewClient { id: Uuid::now_v7(), roles: vec!["wizard".into()], secret: secret(9), ..new };
+    assert!(
+        matches!(store.create_client(bad, &ctx()).await, Err(StoreError::UnknownRole(r)) if r == "wizard")
+    );
+    assert_eq!(store.clients().await.unwrap().len(), 1, "an unknown role creates nothing");
+
+    // Rotation: the old secret keeps working until the overlap ends.
+    let later = T0 + Duration::from_secs(60);
+    let overlap_until = later + Duration::from_secs(3600);
+    store.rotate_client_secret(id, secret(2), overlap_until, later, &ctx()).await.unwrap();
+    let valid = |at| {
+        let store = store.clone();
+        async move { store.client_credential(id, at).await.unwrap().unwrap().secrets }
+    };
+    let during = valid(later + Duration::from_secs(10)).await;
+    assert!(during.contains(&secret(1)) && during.contains(&secret(2)), "both during the overlap");
+    assert_eq!(valid(overlap_until).await, [secret(2)], "the old one ends with the overlap");
+    // A second rotation does not extend the first secret's end.
+    store
+        .rotate_client_secret(id, secret(3), overlap_until + Duration::from_secs(7200), later, &ctx())
+        .await
+        .unwrap();
+    let after = valid(overlap_until + Duration::from_secs(1)).await;
+    assert!(
+        after.contains(&secret(2)) && after.contains(&secret(3)) && !after.contains(&secret(1)),
+        "{after:?}"
+    );
+    assert!(matches!(
+        store.rotate_client_secret(Uuid::now_v7(), secret(4), later, later, &ctx()).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // Deleting revokes its tokens like a user's and leaves the audit trail.
+    let revoked = store.delete_client(id, later, &ctx()).await.unwrap();
+    assert_eq!(revoked, [Revocation::user(id, later, RevokeReason::ClientDeleted)]);
+    assert_eq!(store.client_credential(id, later).await.unwrap(), None);
+    assert!(matches!(store.delete_client(id, later, &ctx()).await, Err(StoreError::NotFound)));
+    assert!(store.revocations_since(T0).await.unwrap().contains(&revoked[0]));
+    let actions: Vec<_> =
+        store.audit_records(0, 100).await.unwrap().iter().map(|r| r.event.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["client.created", "client.secret.rotated", "client.secret.rotated", "client.deleted"]
+    );
+    let (count, _) = bouncer_store::verify_audit_chain(&*store).await.unwrap().expect("intact");
+    assert_eq!(count, 4);
+}
+
+async fn deleting_a_role_counts_and_revokes_its_clients(store: Arc<dyn Store>) {
+    store.create_role(&role("reports"), T0, &ctx()).await.unwrap();
+    let id = Uuid::now_v7();
+    let new = NewClient { id, name: "r".into(), roles: vec!["reports".into()], secret: secret(1), now: T0 };
+    store.create_client(new, &ctx()).await.unwrap();
+    assert!(matches!(store.delete_role("reports", false, T0, &ctx()).await, Err(StoreError::RoleInUse(1))));
+    let revoked = store.delete_role("reports", true, T0, &ctx()).await.unwrap();
+    assert!(revoked.contains(&Revocation::user(id, T0, RevokeReason::RoleDeleted)), "{revoked:?}");
+    assert_eq!(store.client(id).await.unwrap().unwrap().roles, Vec::<String>::new());
+}
+
+async fn api_keys_belong_to_their_owner_and_grant_what_both_hold(store: Arc<dyn Store>) {
+    let owner = new_user(&store, "kai@example.com").await;
+    let other = new_user(&store, "lee@example.com").await;
+    store.create_role(&role("reports"), T0, &ctx()).await.unwrap();
+    store.set_roles(owner.id, &["user".into(), "reports".into()], T0, &ctx()).await.unwrap();
+    let issued = ApiKey::from_random([1, 2, 3, 4], [5; 32]);
+    let new = NewApiKey {
+        id: Uuid::now_v7(),
+        user_id: owner.id,
+        name: "ci".into(),
+        prefix: issued.prefix().into(),
+        hash: issued.hash(),
+        roles: vec!["reports".into(), "user".into()],
+        now: T0,
+        expires_at: Some(T0 + Duration::from_secs(3600)),
+    };
+    let key = store.create_api_key(new.clone(), &ctx()).await.unwrap();
+    assert_eq!(
+        (key.prefix.as_str(), key.roles.clone()),
+        ("01020304", vec!["reports".to_owned(), "user".to_owned()])
+    );
+    assert_eq!(store.api_keys(Some(owner.id)).await.unwrap(), std::slice::from_ref(&key));
+    assert_eq!(store.api_keys(Some(other.id)).await.unwrap(), []);
+    assert_eq!(store.api_keys(None).await.unwrap(), std::slice::from_ref(&key));
+    let dup = NewApiKey { id: Uuid::now_v7(), ..new.clone() };
+    assert!(store.create_api_key(dup, &ctx()).await.is_err(), "a prefix is unique");
+    let ghost =
+        NewApiKey { id: Uuid::now_v7(), user_id: Uuid::now_v7(), prefix: "ffffffff".into(), ..new.clone() };
+    assert!(matches!(store.create_api_key(ghost, &ctx()).await, Err(StoreError::NotFound)));
+
+    // What a gateway may accept: core's rule over what the store holds.
+    let usable = |at| {
+        let store = store.clone();
+        async move { bouncer_store::usable_api_keys(&*store, None, at).await.unwrap() }
+    };
+    let now = usable(T0).await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(
+        (now[0].hash, now[0].roles.clone(), now[0].user_id),
+        (issued.hash(), key.roles.clone(), owner.id)
+    );
+    assert_eq!(usable(T0 + Duration::from_secs(3600)).await, [], "expired");
+    store.set_roles(owner.id, &["user".into()], T0, &ctx()).await.unwrap();
+    assert_eq!(usable(T0).await[0].roles, ["user"], "the owner lost reports, so did the key");
+    store.ban_user(owner.id, "x", T0, &ctx()).await.unwrap();
+    assert_eq!(usable(T0).await, [], "a banned owner's keys are not usable");
+    store.unban_user(owner.id, T0, &ctx()).await.unwrap();
+    assert_eq!(usable(T0).await.len(), 1, "and are again after the unban");
+
+    // Only its owner (or an admin, owner None) deletes it.
+    assert!(matches!(
+        store.revoke_api_key(key.id, Some(other.id), T0, &ctx()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(store.revoke_api_key(key.id, Some(owner.id), T0, &ctx()).await.unwrap(), key);
+    assert!(matches!(store.revoke_api_key(key.id, None, T0, &ctx()).await, Err(StoreError::NotFound)));
+    assert_eq!(usable(T0).await, []);
+    let trail: Vec<_> = store
+        .audit_records(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.action.as_str().starts_with("api_key"))
+        .map(|r| (r.event.action.as_str(), r.event.subject.clone()))
+        .collect();
+    let subject = Some(owner.id.to_string());
+    assert_eq!(trail, [("api_key.created", subject.clone()), ("api_key.revoked", subject)]);
 }

@@ -90,6 +90,43 @@ pub enum Audited<'a> {
     },
     /// A 401/403/429 at a gateway (429s folded: `count` per bucket and minute).
     GatewayDenied(&'a GatewayDenial),
+    ClientCreated {
+        client: Uuid,
+        name: &'a str,
+        roles: &'a [String],
+    },
+    /// A new secret; the previous ones keep working until `overlap_until`.
+    ClientSecretRotated {
+        client: Uuid,
+        overlap_until: OffsetDateTime,
+    },
+    ClientDeleted {
+        client: Uuid,
+        name: &'a str,
+    },
+    /// An access token issued to a client (the client is the actor).
+    TokenIssued {
+        client: Uuid,
+        scope: &'a [String],
+    },
+    /// `POST /oauth/token` refused; `client` when the id named one.
+    TokenRefused {
+        client: Option<Uuid>,
+        reason: &'static str,
+    },
+    ApiKeyCreated {
+        key: Uuid,
+        owner: Uuid,
+        name: &'a str,
+        prefix: &'a str,
+        roles: &'a [String],
+        expires_at: Option<OffsetDateTime>,
+    },
+    ApiKeyRevoked {
+        key: Uuid,
+        owner: Uuid,
+        prefix: &'a str,
+    },
 }
 
 /// Why a login was refused, as the audit log names it.
@@ -126,6 +163,10 @@ pub struct GatewayDenial {
     pub count: u32,
 }
 
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
 impl Audited<'_> {
     pub fn action(&self) -> Action {
         match self {
@@ -146,6 +187,12 @@ impl Audited<'_> {
             Audited::RoleCreated { .. } => Action::RoleCreated,
             Audited::RoleDeleted { .. } => Action::RoleDeleted,
             Audited::GatewayDenied(_) => Action::GatewayDenied,
+            Audited::ClientCreated { .. } => Action::ClientCreated,
+            Audited::ClientSecretRotated { .. } => Action::ClientSecretRotated,
+            Audited::ClientDeleted { .. } => Action::ClientDeleted,
+            Audited::TokenIssued { .. } | Audited::TokenRefused { .. } => Action::OAuthTokenIssued,
+            Audited::ApiKeyCreated { .. } => Action::ApiKeyCreated,
+            Audited::ApiKeyRevoked { .. } => Action::ApiKeyRevoked,
         }
     }
 
@@ -154,7 +201,9 @@ impl Audited<'_> {
             Audited::LoginFailed { reason: LoginFailure::Banned, .. }
             | Audited::RefreshReuseDetected { .. }
             | Audited::GatewayDenied(_) => Outcome::Denied,
-            Audited::LoginFailed { .. } | Audited::PasswordChangeRefused { .. } => Outcome::Failure,
+            Audited::LoginFailed { .. }
+            | Audited::PasswordChangeRefused { .. }
+            | Audited::TokenRefused { .. } => Outcome::Failure,
             _ => Outcome::Success,
         }
     }
@@ -169,7 +218,10 @@ impl Audited<'_> {
             | Audited::LoginSucceeded { user, .. }
             | Audited::Refreshed { user, .. }
             | Audited::LoggedOut { user, .. } => Some(user.to_string()),
-            Audited::LoginFailed { .. } | Audited::RefreshReuseDetected { .. } => None,
+            Audited::TokenIssued { client, .. } => Some(client.to_string()),
+            Audited::LoginFailed { .. }
+            | Audited::RefreshReuseDetected { .. }
+            | Audited::TokenRefused { .. } => None,
             Audited::GatewayDenied(d) => Some(d.user_id.clone().unwrap_or_else(|| "gateway".into())),
             _ => ctx.actor.clone(),
         }
@@ -193,6 +245,15 @@ impl Audited<'_> {
             Audited::LoginFailed { user, .. } => user.map(|u| u.to_string()),
             Audited::RoleCreated { name, .. } | Audited::RoleDeleted { name, .. } => Some((*name).to_owned()),
             Audited::GatewayDenied(d) => d.user_id.clone(),
+            Audited::ClientCreated { client, .. }
+            | Audited::ClientSecretRotated { client, .. }
+            | Audited::ClientDeleted { client, .. }
+            | Audited::TokenIssued { client, .. } => Some(client.to_string()),
+            Audited::TokenRefused { client, .. } => client.map(|c| c.to_string()),
+            // Listed under their owner, so a user's audit trail shows their keys.
+            Audited::ApiKeyCreated { owner, .. } | Audited::ApiKeyRevoked { owner, .. } => {
+                Some(owner.to_string())
+            }
         }
     }
 
@@ -231,6 +292,25 @@ impl Audited<'_> {
                 "bucket": d.bucket,
                 "count": d.count,
             }),
+            Audited::ClientCreated { name, roles, .. } => json!({ "name": name, "roles": roles }),
+            Audited::ClientSecretRotated { overlap_until, .. } => {
+                json!({ "previous_secrets_valid_until": rfc3339(*overlap_until) })
+            }
+            Audited::ClientDeleted { name, .. } => json!({ "name": name }),
+            Audited::TokenIssued { scope, .. } => {
+                json!({ "grant_type": "client_credentials", "scope": scope })
+            }
+            Audited::TokenRefused { reason, .. } => {
+                json!({ "grant_type": "client_credentials", "reason": reason })
+            }
+            Audited::ApiKeyCreated { key, name, prefix, roles, expires_at, .. } => json!({
+                "key_id": key,
+                "name": name,
+                "prefix": prefix,
+                "roles": roles,
+                "expires_at": expires_at.map(rfc3339),
+            }),
+            Audited::ApiKeyRevoked { key, prefix, .. } => json!({ "key_id": key, "prefix": prefix }),
         }
     }
 
