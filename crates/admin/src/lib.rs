@@ -14,6 +14,8 @@ pub mod passwords;
 pub mod request_id;
 pub mod routes;
 pub mod shared;
+#[cfg(test)]
+mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 

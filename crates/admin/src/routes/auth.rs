@@ -99,10 +99,13 @@ pub async fn login(
             format!("must be at most {} characters", policy.max_length),
         ));
     }
-    let email_key = lookup_key(&body.email);
-    if email_key.is_empty() || email_key.chars().count() > MAX_EMAIL_LEN {
+    // Measured as typed (trimmed), like signup: lower-casing can lengthen
+    // an address, and one that signed up must be able to log in.
+    let typed = body.email.trim();
+    if typed.is_empty() || typed.chars().count() > MAX_EMAIL_LEN {
         return Err(field_error_response("email", format!("must be 1 to {MAX_EMAIL_LEN} characters")));
     }
+    let email_key = lookup_key(typed);
     let account_key = format!("account:{email_key}");
     let attempt = begin_attempt(&state, &account_key, &client, now).await?;
 
@@ -320,4 +323,27 @@ fn field_error(field: &str, message: String) -> bouncer_core::problem::FieldErro
 
 fn field_error_response(field: &str, message: String) -> ApiError {
     ApiError::Validation(vec![field_error(field, message)])
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use serde_json::json;
+
+    use crate::testing::{app_with, call};
+
+    /// Lower-casing lengthens `İ` (one character) into `i̇` (two): an
+    /// address of 254 characters as typed must still log in.
+    #[tokio::test]
+    async fn an_address_that_signed_up_can_log_in_whatever_its_lower_case() {
+        let (app, _dir) = app_with(|_| {}).await;
+        let email = format!("{}@example.com", "İ".repeat(242));
+        assert_eq!(email.chars().count(), 254);
+        let credentials = json!({"email": email, "password": "correct horse battery"});
+        assert_eq!(
+            call(&app, "POST", "/auth/signup", Some(credentials.clone())).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(call(&app, "POST", "/auth/login", Some(credentials)).await.0, StatusCode::OK);
+    }
 }
