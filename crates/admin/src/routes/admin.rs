@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::{
     AppState,
     error::ApiError,
-    extract::{AdminCaller, ClientInfo, JsonBody, QueryParams},
+    extract::{AdminCaller, ClientInfo, JsonBody, QueryParams, storable_text},
 };
 
 /// Default and largest page sizes of list endpoints.
@@ -85,6 +85,9 @@ pub async fn list_users(
             Uuid::parse_str(c).map_err(|_| ApiError::field("cursor", "not a cursor from a previous page"))
         })
         .transpose()?;
+    if let Some(email) = &q.email {
+        storable_text("email", email)?;
+    }
     let email_prefix = q.email.as_deref().map(lookup_key).filter(|e| !e.is_empty());
     // One more than asked tells whether another page exists.
     let filter = UserFilter { email_prefix, after, limit: limit + 1 };
@@ -149,6 +152,7 @@ pub async fn ban(
     if reason.is_empty() || reason.chars().count() > 500 {
         return Err(ApiError::field("reason", "must be 1 to 500 characters"));
     }
+    storable_text("reason", reason)?;
     if id == admin.user.id {
         return Err(ApiError::SelfLockout("ban oneself"));
     }
@@ -234,6 +238,8 @@ pub async fn create_role(
             field: "description".into(),
             message: "must be at most 200 characters".into(),
         });
+    } else if let Err(e) = storable_text("description", &body.description) {
+        errors.push(e);
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -348,6 +354,11 @@ pub async fn list_audit(
         .as_deref()
         .map(|c| c.parse::<i64>().map_err(|_| ApiError::field("cursor", "not a cursor from a previous page")))
         .transpose()?;
+    for (field, value) in [("actor", &q.actor), ("subject", &q.subject), ("action", &q.action)] {
+        if let Some(value) = value {
+            storable_text(field, value)?;
+        }
+    }
     let filter = AuditFilter {
         actor: q.actor,
         subject: q.subject,

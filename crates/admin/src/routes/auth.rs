@@ -24,7 +24,7 @@ use super::users::UserView;
 use crate::{
     AppState,
     error::ApiError,
-    extract::{Authenticated, ClientInfo, JsonBody},
+    extract::{Authenticated, ClientInfo, JsonBody, storable_text},
     passwords::Verified,
 };
 
@@ -105,6 +105,8 @@ pub async fn login(
     if typed.is_empty() || typed.chars().count() > MAX_EMAIL_LEN {
         return Err(field_error_response("email", format!("must be 1 to {MAX_EMAIL_LEN} characters")));
     }
+    // It names the throttle key and the lookup: both are stored text.
+    storable_text("email", typed)?;
     let email_key = lookup_key(typed);
     let account_key = format!("account:{email_key}");
     let attempt = begin_attempt(&state, &account_key, &client, now).await?;
@@ -345,5 +347,24 @@ mod tests {
             StatusCode::CREATED
         );
         assert_eq!(call(&app, "POST", "/auth/login", Some(credentials)).await.0, StatusCode::OK);
+    }
+
+    /// PostgreSQL cannot store U+0000: a NUL in the login email (the
+    /// throttle key and the lookup) is refused before the store sees it,
+    /// on every backend; in the password it is just a character.
+    #[tokio::test]
+    async fn a_nul_in_stored_text_is_a_validation_error() {
+        let (app, _dir) = app_with(|_| {}).await;
+        let (status, _, body) =
+            call(&app, "POST", "/auth/login", Some(json!({"email": "a\u{0}@b.co", "password": "x"}))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["errors"][0]["field"], "email");
+        let nul_password = json!({"email": "nul@example.com", "password": "correct horse\u{0}battery"});
+        assert_eq!(
+            call(&app, "POST", "/auth/signup", Some(nul_password.clone())).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(call(&app, "POST", "/auth/login", Some(nul_password)).await.0, StatusCode::OK);
     }
 }
