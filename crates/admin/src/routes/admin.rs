@@ -82,7 +82,7 @@ pub async fn list_users(
         .cursor
         .as_deref()
         .map(|c| {
-            Uuid::parse_str(c).map_err(|_| ApiError::field("cursor", "not a cursor from a previous page"))
+            hyphenated_uuid(c).ok_or_else(|| ApiError::field("cursor", "not a cursor from a previous page"))
         })
         .transpose()?;
     if let Some(email) = &q.email {
@@ -385,7 +385,33 @@ fn parse_limit(limit: Option<&str>) -> Result<u32, ApiError> {
     }
 }
 
-/// A user id from the path; anything that is not a UUID names no user.
+/// A user id from the path; anything that is not a UUID as the API
+/// writes it (hyphenated) names no user.
 fn path_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound)
+    hyphenated_uuid(raw).ok_or(ApiError::NotFound)
+}
+
+/// `raw` as a UUID only in the hyphenated form the API writes (JSON
+/// Schema's `format: uuid`): `Uuid::parse_str` also takes the simple,
+/// braced and URN forms, which would give one resource several names.
+fn hyphenated_uuid(raw: &str) -> Option<Uuid> {
+    if raw.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse(raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_only_the_hyphenated_form() {
+        let id = Uuid::now_v7();
+        assert_eq!(hyphenated_uuid(&id.to_string()), Some(id));
+        assert_eq!(hyphenated_uuid(&id.to_string().to_uppercase()), Some(id));
+        for other in [id.simple().to_string(), id.braced().to_string(), id.urn().to_string(), String::new()] {
+            assert_eq!(hyphenated_uuid(&other), None, "{other}");
+        }
+    }
 }
