@@ -11,6 +11,7 @@ use axum::{
 use bouncer_core::{
     audit::AuditContext,
     claims::{AccessClaims, MAX_TOKEN_BYTES},
+    problem::FieldError,
 };
 use bouncer_store::User;
 use ipnet::IpNet;
@@ -79,6 +80,17 @@ fn data_error_message(e: &serde_json::Error) -> String {
     let text = e.to_string();
     // "missing field `email` at line 1 column 2" -> "missing field `email`"
     text.split(" at line ").next().unwrap_or("invalid value").to_owned()
+}
+
+/// Refuses text that a backend cannot store: PostgreSQL's `text` has no
+/// U+0000 (it fails the statement), so a NUL in anything that reaches the
+/// database is a `422` naming the field, on both backends alike. Passwords
+/// are only hashed and may hold any character.
+pub fn storable_text(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.contains('\0') {
+        return Err(FieldError { field: field.into(), message: "must not contain U+0000".into() });
+    }
+    Ok(())
 }
 
 /// Who is calling: the client IP (believing `X-Forwarded-For` only from

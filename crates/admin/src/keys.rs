@@ -30,8 +30,9 @@ use ed25519_dalek::{
     pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes, spki::der::pem::LineEnding},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
-use serde_json::{Value, json};
+use serde::Serialize;
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
+use utoipa::ToSchema;
 
 /// How often a running service re-reads `keys_dir`.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
@@ -158,10 +159,10 @@ impl KeyStore {
     /// The JWKS: keys not yet signing, the signing key, and every older key
     /// whose tokens may still be alive at `now` (a key stops signing when its
     /// successor activates, and its tokens live `access_ttl` after that).
-    pub fn jwks(&self, now: OffsetDateTime) -> Value {
+    pub fn jwks(&self, now: OffsetDateTime) -> Jwks {
         let ring = self.ring.load();
         let keep = self.activation_delay + self.access_ttl + RETENTION_MARGIN;
-        let keys: Vec<Value> = ring
+        let keys = ring
             .keys
             .iter()
             .enumerate()
@@ -169,12 +170,42 @@ impl KeyStore {
                 None => true,
                 Some(successor) => now < successor.created + keep,
             })
-            .map(|(_, k)| {
-                json!({ "kty": "OKP", "crv": "Ed25519", "use": "sig", "alg": "EdDSA", "kid": k.kid, "x": k.x })
+            .map(|(_, k)| Jwk {
+                kty: "OKP",
+                crv: "Ed25519",
+                key_use: "sig",
+                alg: "EdDSA",
+                kid: k.kid.clone(),
+                x: k.x.clone(),
             })
             .collect();
-        json!({ "keys": keys })
+        Jwks { keys }
     }
+}
+
+/// A JSON Web Key Set (RFC 7517): the keys that verify access tokens.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// One Ed25519 public key (RFC 8037).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Jwk {
+    #[schema(value_type = String, pattern = "^OKP$")]
+    pub kty: &'static str,
+    #[schema(value_type = String, pattern = "^Ed25519$")]
+    pub crv: &'static str,
+    #[serde(rename = "use")]
+    #[schema(value_type = String, pattern = "^sig$")]
+    pub key_use: &'static str,
+    #[schema(value_type = String, pattern = "^EdDSA$")]
+    pub alg: &'static str,
+    /// Starts with the key's UTC creation time, so kids sort by age.
+    pub kid: String,
+    /// The public key, base64url without padding (32 bytes).
+    #[schema(pattern = "^[A-Za-z0-9_-]{43}$")]
+    pub x: String,
 }
 
 /// Adds a new signing key to `dir` and returns its kid. Never removes one.
@@ -406,7 +437,7 @@ mod tests {
         let mut hs = Header::new(Algorithm::HS256);
         hs.typ = Some("at+jwt".into());
         hs.kid = Some(store.signing_kid(now));
-        let x = store.jwks(now)["keys"][0]["x"].as_str().unwrap().to_owned();
+        let x = serde_json::to_value(store.jwks(now)).unwrap()["keys"][0]["x"].as_str().unwrap().to_owned();
         let hs_token =
             jsonwebtoken::encode(&hs, &claims(now), &EncodingKey::from_secret(x.as_bytes())).unwrap();
         assert_eq!(store.verify(&hs_token, &expect(), now), Err(TokenError::Algorithm));
@@ -424,14 +455,7 @@ mod tests {
         assert!(store.reload().unwrap(), "reload must notice the new key");
         assert!(!store.reload().unwrap(), "a second reload changes nothing");
         assert!(new_kid > old_kid, "kids sort by creation time");
-        let kids = |now| -> Vec<String> {
-            store.jwks(now)["keys"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|k| k["kid"].as_str().unwrap().to_owned())
-                .collect()
-        };
+        let kids = |now| -> Vec<String> { store.jwks(now).keys.into_iter().map(|k| k.kid).collect() };
         // Published at once, signing only after the activation delay.
         assert_eq!(kids(t1), [old_kid.clone(), new_kid.clone()]);
         assert_eq!(store.signing_kid(t1), old_kid);
@@ -513,7 +537,7 @@ mod tests {
         // Tokens still sign and verify, with the public key the JWKS had before.
         let token = store.sign(&claims(now), now).unwrap();
         assert!(store.verify(&token, &expect(), now).is_ok());
-        let x = store.jwks(now)["keys"][0]["x"].as_str().unwrap().to_owned();
+        let x = store.jwks(now).keys[0].x.clone();
         assert_eq!(x, URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes()));
     }
 

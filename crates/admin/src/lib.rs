@@ -10,15 +10,18 @@ pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod metrics;
+pub mod openapi;
 pub mod passwords;
 pub mod request_id;
 pub mod routes;
 pub mod service;
 pub mod shared;
+#[cfg(test)]
+mod testing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, middleware};
+use axum::{Extension, Router, middleware};
 use bouncer_core::revocation::Revocation;
 use bouncer_core::{claims::Expectations, config::AdminConfig};
 use bouncer_shared_state::RevocationBus;
@@ -90,9 +93,13 @@ impl AppState {
     }
 }
 
-/// The whole HTTP API.
+/// The whole HTTP API, `GET /openapi.json` describing it included.
 pub fn router(state: AppState) -> Router {
-    routes::routes()
+    let (routes, generated) = routes::api().split_for_parts();
+    let document = openapi::document(generated, &state.config);
+    let document = routes::OpenApiJson(serde_json::to_vec(&document).unwrap_or_default().into());
+    routes
+        .layer(Extension(document))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), request_id::track))

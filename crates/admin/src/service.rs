@@ -128,7 +128,9 @@ pub async fn start(config: &Config, topology: Topology, migrations: Migrations) 
         // Before listening: once the admin answers, so does the gateway.
         let ring = state.clone();
         hooks
-            .keys(Box::new(move || ring.keys.jwks(OffsetDateTime::now_utc())))
+            .keys(Box::new(move || {
+                serde_json::to_value(ring.keys.jwks(OffsetDateTime::now_utc())).unwrap_or_default()
+            }))
             .map_err(anyhow::Error::msg)?;
     }
     let listener = TcpListener::bind(admin.listen)

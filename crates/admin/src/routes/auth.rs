@@ -16,40 +16,101 @@ use bouncer_core::{
 use bouncer_store::{LoginAttempt, NewSession, NewUser, Rotation, SettledAttempt, User, UserOrigin};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::users::UserView;
 use crate::{
     AppState,
     error::ApiError,
-    extract::{Authenticated, ClientInfo, JsonBody},
+    extract::{Authenticated, ClientInfo, JsonBody, storable_text},
+    openapi::{
+        MalformedRequest, PROBLEM_JSON, PayloadTooLarge, ProblemSchema as Problem, TooManyRequests,
+        Unauthenticated, Unavailable, UnsupportedMediaType, ValidationFailed,
+    },
     passwords::Verified,
 };
 
-/// `{email, password}`. No `Debug`: it holds a password.
-#[derive(Deserialize)]
-pub struct Credentials {
+// No `Debug` on the bodies below: they hold passwords.
+
+/// A new account. `password` must fit `admin.password` (length only).
+#[derive(Deserialize, ToSchema)]
+pub struct Signup {
+    /// `local@domain.tld`: neither part has whitespace, control characters
+    /// or `@`; the domain is two or more dot-separated labels. Surrounding
+    /// whitespace is trimmed; at most 254 characters. Kept as typed,
+    /// compared case-insensitively.
+    //
+    // The pattern is `bouncer_core::email::Email::parse` (a test holds
+    // them together); the whitespace is `str::trim`'s (Unicode White_Space).
+    #[schema(
+        max_length = 254,
+        pattern = r"^[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@]+@[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]+(\.[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000@.]+)+[\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$",
+        example = "alice@example.com"
+    )]
     email: String,
+    #[schema(min_length = 12, max_length = 128, example = "correct horse battery")]
     password: String,
 }
 
-#[derive(Deserialize)]
+/// An email and a password to check.
+#[derive(Deserialize, ToSchema)]
+pub struct Credentials {
+    /// Trimmed and compared case-insensitively; an unknown email answers
+    /// exactly like a wrong password.
+    // The pattern: at least one character `str::trim` keeps, and no NUL
+    // (`extract::storable_text`).
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^\x00]*[^\x00\t-\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00]*$",
+        example = "alice@example.com"
+    )]
+    email: String,
+    /// Longer than `admin.password.max_length` is refused before hashing.
+    #[schema(max_length = 128, example = "correct horse battery")]
+    password: String,
+}
+
+/// A refresh token from a token response.
+#[derive(Deserialize, ToSchema)]
 pub struct RefreshBody {
     refresh_token: String,
 }
 
-#[derive(Serialize)]
-struct TokenResponse {
+/// The answer of a login or a refresh (RFC 6749 §5.1).
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// An EdDSA-signed `at+jwt`; verify with `/.well-known/jwks.json`.
     access_token: String,
+    #[schema(value_type = String, pattern = "^Bearer$")]
     token_type: &'static str,
+    /// Seconds until the access token expires.
+    #[schema(minimum = 0)]
     expires_in: i64,
+    /// Opaque; single use: `POST /auth/refresh` answers with a new one.
     refresh_token: String,
 }
 
+/// Creates an account with the role `user`.
+#[utoipa::path(
+    post,
+    path = "/auth/signup",
+    tag = "auth",
+    request_body = Signup,
+    responses(
+        (status = 201, description = "Created.", body = UserView),
+        (status = 400, response = MalformedRequest),
+        (status = 409, description = "`email-taken`: an account with this email exists.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn signup(
     State(state): State<AppState>,
     client: ClientInfo,
-    JsonBody(body): JsonBody<Credentials>,
+    JsonBody(body): JsonBody<Signup>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let now = OffsetDateTime::now_utc();
     let mut errors = Vec::new();
@@ -76,6 +137,30 @@ pub async fn signup(
     Ok((StatusCode::CREATED, Json(UserView::from(user))))
 }
 
+/// Checks a password and opens a session: an access token and a refresh
+/// token. Failed checks count towards the login throttle.
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in.", body = TokenResponse, headers(
+            ("Cache-Control" = String, description = "`no-store`"),
+            ("Pragma" = String, description = "`no-cache`"),
+        )),
+        (status = 400, response = MalformedRequest),
+        (status = 401, description = "`invalid-credentials`: the same answer for an unknown email and a wrong password.", body = Problem, content_type = PROBLEM_JSON, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer realm=\"bouncer\"`"),
+        )),
+        (status = 403, description = "`account-banned`: the password is right, the account is banned.", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     client: ClientInfo,
@@ -90,10 +175,15 @@ pub async fn login(
             format!("must be at most {} characters", policy.max_length),
         ));
     }
-    let email_key = lookup_key(&body.email);
-    if email_key.is_empty() || email_key.chars().count() > MAX_EMAIL_LEN {
+    // Measured as typed (trimmed), like signup: lower-casing can lengthen
+    // an address, and one that signed up must be able to log in.
+    let typed = body.email.trim();
+    if typed.is_empty() || typed.chars().count() > MAX_EMAIL_LEN {
         return Err(field_error_response("email", format!("must be 1 to {MAX_EMAIL_LEN} characters")));
     }
+    // It names the throttle key and the lookup: both are stored text.
+    storable_text("email", typed)?;
+    let email_key = lookup_key(typed);
     let account_key = format!("account:{email_key}");
     let attempt = begin_attempt(&state, &account_key, &client, now).await?;
 
@@ -160,6 +250,29 @@ pub async fn login(
     Ok(response)
 }
 
+/// Rotates a refresh token: answers a new access token and a new refresh
+/// token; the presented one stops working. Presenting an already-rotated
+/// token revokes its whole session (reuse detection).
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "auth",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, description = "Rotated.", body = TokenResponse, headers(
+            ("Cache-Control" = String, description = "`no-store`"),
+            ("Pragma" = String, description = "`no-cache`"),
+        )),
+        (status = 400, response = MalformedRequest),
+        (status = 401, description = "`invalid-token`: the refresh token is unknown, expired, revoked or reused.", body = Problem, content_type = PROBLEM_JSON, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer realm=\"bouncer\"`"),
+        )),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     client: ClientInfo,
@@ -196,6 +309,20 @@ pub async fn refresh(
 /// Always 204: logging out an unknown or already-revoked token is not an
 /// error (as with RFC 7009 revocation), and answering differently would
 /// tell a prober which tokens exist.
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    request_body = RefreshBody,
+    responses(
+        (status = 204, description = "The session of this refresh token (if any) is revoked."),
+        (status = 400, response = MalformedRequest),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn logout(
     State(state): State<AppState>,
     client: ClientInfo,
@@ -214,6 +341,18 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Revokes every session of the caller, this one included.
+#[utoipa::path(
+    post,
+    path = "/auth/logout-all",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every session revoked."),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn logout_all(
     State(state): State<AppState>,
     client: ClientInfo,
@@ -303,4 +442,46 @@ fn field_error(field: &str, message: String) -> bouncer_core::problem::FieldErro
 
 fn field_error_response(field: &str, message: String) -> ApiError {
     ApiError::Validation(vec![field_error(field, message)])
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use serde_json::json;
+
+    use crate::testing::{app_with, call};
+
+    /// Lower-casing lengthens `İ` (one character) into `i̇` (two): an
+    /// address of 254 characters as typed must still log in.
+    #[tokio::test]
+    async fn an_address_that_signed_up_can_log_in_whatever_its_lower_case() {
+        let (app, _dir) = app_with(|_| {}).await;
+        let email = format!("{}@example.com", "İ".repeat(242));
+        assert_eq!(email.chars().count(), 254);
+        let credentials = json!({"email": email, "password": "correct horse battery"});
+        assert_eq!(
+            call(&app, "POST", "/auth/signup", Some(credentials.clone())).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(call(&app, "POST", "/auth/login", Some(credentials)).await.0, StatusCode::OK);
+    }
+
+    /// PostgreSQL cannot store U+0000: a NUL in the login email (the
+    /// throttle key and the lookup) is refused before the store sees it,
+    /// on every backend; in the password it is just a character.
+    #[tokio::test]
+    async fn a_nul_in_stored_text_is_a_validation_error() {
+        let (app, _dir) = app_with(|_| {}).await;
+        let (status, _, body) =
+            call(&app, "POST", "/auth/login", Some(json!({"email": "a\u{0}@b.co", "password": "x"}))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["errors"][0]["field"], "email");
+        let nul_password = json!({"email": "nul@example.com", "password": "correct horse\u{0}battery"});
+        assert_eq!(
+            call(&app, "POST", "/auth/signup", Some(nul_password.clone())).await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(call(&app, "POST", "/auth/login", Some(nul_password)).await.0, StatusCode::OK);
+    }
 }

@@ -1,38 +1,44 @@
 //! The HTTP routes, one module per area.
+//!
+//! Every route is registered with `routes!`, which reads the handler's
+//! `#[utoipa::path]`: the method and path the router serves are the ones the
+//! OpenAPI document states, and a handler cannot be routed without being
+//! described. Do not add routes with a plain `.route(...)`.
 
 mod admin;
 mod auth;
 mod ops;
 mod users;
 
-use axum::{
-    Router,
-    routing::{delete, get, post, put},
-};
+pub use ops::OpenApiJson;
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{AppState, error::ApiError};
+use crate::{AppState, error::ApiError, openapi::ApiDoc};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auth/signup", post(auth::signup))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/logout-all", post(auth::logout_all))
-        .route("/users/me", get(users::me))
-        .route("/users/me/password", post(users::change_password))
-        .route("/admin/users", get(admin::list_users))
-        .route("/admin/users/{id}", get(admin::get_user).delete(admin::delete_user))
-        .route("/admin/users/{id}/roles", put(admin::set_roles))
-        .route("/admin/users/{id}/ban", post(admin::ban))
-        .route("/admin/users/{id}/unban", post(admin::unban))
-        .route("/admin/roles", get(admin::list_roles).post(admin::create_role))
-        .route("/admin/roles/{name}", delete(admin::delete_role))
-        .route("/admin/audit", get(admin::list_audit))
-        .route("/.well-known/jwks.json", get(ops::jwks))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
+/// Every route, with the OpenAPI description gathered from its handler.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::signup))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::logout_all))
+        .routes(routes!(users::me))
+        .routes(routes!(users::change_password))
+        .routes(routes!(admin::list_users))
+        .routes(routes!(admin::get_user, admin::delete_user))
+        .routes(routes!(admin::set_roles))
+        .routes(routes!(admin::ban))
+        .routes(routes!(admin::unban))
+        .routes(routes!(admin::list_roles, admin::create_role))
+        .routes(routes!(admin::delete_role))
+        .routes(routes!(admin::list_audit))
+        .routes(routes!(ops::jwks))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi_json))
 }
 
 pub async fn not_found() -> ApiError {

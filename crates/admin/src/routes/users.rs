@@ -5,16 +5,22 @@ use bouncer_core::throttle::AttemptEnd;
 use bouncer_store::User;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     AppState,
     error::ApiError,
     extract::{Authenticated, ClientInfo, JsonBody},
+    openapi::{
+        MalformedRequest, PROBLEM_JSON, PayloadTooLarge, ProblemSchema as Problem, TooManyRequests,
+        Unauthenticated, Unavailable, UnsupportedMediaType, ValidationFailed,
+    },
 };
 
 /// A user as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = User)]
 pub struct UserView {
     pub id: Uuid,
     pub email: String,
@@ -29,19 +35,54 @@ impl From<User> for UserView {
     }
 }
 
-/// `{current_password, new_password}`. No `Debug`: it holds passwords.
-#[derive(Deserialize)]
+// No `Debug`: it holds passwords.
+/// A password change: `new_password` must fit `admin.password`;
+/// `current_password` longer than any password is refused unchecked.
+#[derive(Deserialize, ToSchema)]
 pub struct PasswordChange {
+    #[schema(max_length = 128)]
     current_password: String,
+    #[schema(min_length = 12, max_length = 128)]
     new_password: String,
 }
 
+/// The caller's account.
+#[utoipa::path(
+    get,
+    path = "/users/me",
+    tag = "users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller.", body = UserView),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn me(auth: Authenticated) -> Json<UserView> {
     Json(UserView::from(auth.user))
 }
 
 /// Changes the caller's password and revokes every other session; the
 /// session of the token used here stays logged in.
+#[utoipa::path(
+    post,
+    path = "/users/me/password",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "Changed; every other session revoked."),
+        (status = 400, response = MalformedRequest),
+        (status = 401, description = "`unauthenticated` or `invalid-token` (see the bearer token); `invalid-credentials`: the current password is wrong.", body = Problem, content_type = PROBLEM_JSON, headers(
+            ("WWW-Authenticate" = String, description = "`Bearer realm=\"bouncer\"`, with `error=\"invalid_token\"` for a bad token"),
+        )),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = ValidationFailed),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn change_password(
     State(state): State<AppState>,
     client: ClientInfo,
