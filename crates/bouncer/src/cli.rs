@@ -247,10 +247,9 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
 /// Runs the gateway until a signal stops it; pingora owns the process from
 /// here (its own runtimes, signal handling and exit).
 fn run_gateway(config: Config) -> anyhow::Result<()> {
-    let shared = SharedState::redis(&config).map_err(anyhow::Error::msg)?;
+    let shared = SharedState::redis(&config)?;
     let jwks = bouncer_gateway::jwks::Jwks::new(&config.gateway.jwks_url);
-    let (gateway, denials) =
-        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks).map_err(anyhow::Error::msg)?;
+    let (gateway, denials) = bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks)?;
     let drain = gateway.drain.clone();
     let server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");

@@ -36,7 +36,7 @@ pub const ECHO_UPSTREAM: &str = "echo";
 pub fn run(config: Config) -> anyhow::Result<()> {
     let (shared, denial_source) = match &config.redis {
         Some(_) => {
-            let shared = SharedState::redis(&config).map_err(anyhow::Error::msg)?;
+            let shared = SharedState::redis(&config)?;
             (shared, None)
         }
         None => {
@@ -56,9 +56,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let bus = shared.bus.clone();
     // The admin below hands its key ring over before it listens.
     let (gateway, denials) =
-        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), Jwks::in_process())
-            .map_err(anyhow::Error::msg)?;
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), Jwks::in_process())?;
     let echo = gateway
+        .pipeline
         .table
         .load()
         .table
@@ -68,8 +68,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .map(|t| t.parse::<SocketAddr>())
         .transpose()
         .map_err(|e| anyhow::anyhow!("upstream {ECHO_UPSTREAM:?} must be an ip:port to serve it: {e}"))?;
-    let revocations = gateway.revocations.clone();
-    let jwks = gateway.jwks.clone();
+    let revocations = gateway.pipeline.revocations.clone();
+    let jwks = gateway.pipeline.jwks.clone();
     let drain = gateway.drain.clone();
     // In-process denials are written by this admin: the stop waits for it to
     // write the gateway's last flush (the channel closes after it).
@@ -110,7 +110,7 @@ impl GatewayHooks for Hooks {
     }
 
     fn keys(&self, jwks: LocalJwks) -> Result<(), String> {
-        self.jwks.install(jwks).map(drop)
+        self.jwks.install(jwks).map(drop).map_err(|e| e.to_string())
     }
 }
 

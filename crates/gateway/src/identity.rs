@@ -11,7 +11,9 @@
 
 use http::HeaderName;
 
-use bouncer_core::config::IdentityHeaders;
+use bouncer_core::{claims::AccessClaims, config::IdentityHeaders};
+
+use crate::error::SetupError;
 
 /// Default names of the headers the gateway injects; a client may never
 /// supply them, whatever names are configured.
@@ -49,9 +51,10 @@ pub struct IdentityNames {
 
 impl IdentityNames {
     /// From validated configuration (names were checked to be header tokens).
-    pub fn new(config: &IdentityHeaders) -> Result<Self, String> {
+    pub fn new(config: &IdentityHeaders) -> Result<Self, SetupError> {
         let name = |n: &str| {
-            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).map_err(|e| format!("{n:?}: {e}"))
+            HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
+                .map_err(|error| SetupError::IdentityHeader { name: n.to_owned(), error })
         };
         Ok(Self {
             user_id: name(&config.user_id)?,
@@ -63,6 +66,17 @@ impl IdentityNames {
                 .map(|n| canonical(n))
                 .collect(),
         })
+    }
+
+    /// The identity headers the upstream gets for a verified caller:
+    /// subject, email and roles (comma-separated), under the configured
+    /// names. Built on every forward attempt (a retry sends them again).
+    pub fn injected(&self, claims: &AccessClaims) -> [(HeaderName, String); 3] {
+        [
+            (self.user_id.clone(), claims.sub.to_string()),
+            (self.email.clone(), claims.email.clone()),
+            (self.roles.clone(), claims.roles.join(",")),
+        ]
     }
 
     /// Whether a header name is an identity or re-routing header in any

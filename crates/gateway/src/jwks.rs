@@ -22,12 +22,19 @@ use std::{
 use arc_swap::ArcSwap;
 use jsonwebtoken::{DecodingKey, jwk::JwkSet};
 
+use crate::error::SetupError;
+
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 pub const FORCED_REFRESH_MIN: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The JWKS document of an admin in this process, as it would serve it.
 pub type LocalJwks = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// The in-process admin's key ring as a key set.
+fn parse_ring(local: &LocalJwks) -> Result<JwkSet, SetupError> {
+    serde_json::from_value(local()).map_err(SetupError::KeyRing)
+}
 
 /// Where the key set comes from.
 enum Source {
@@ -99,13 +106,13 @@ impl Jwks {
     }
 
     /// Takes the in-process admin's key ring (see the module docs) and loads
-    /// it at once. Only for a gateway made with [`Self::in_process`].
-    pub fn install(&self, local: LocalJwks) -> Result<usize, String> {
+    /// it at once. Only for a gateway made with [`Self::in_process`], once.
+    pub fn install(&self, local: LocalJwks) -> Result<usize, SetupError> {
         let Source::InProcess(slot) = &self.source else {
-            return Err("this gateway fetches its keys over HTTP".into());
+            return Err(SetupError::KeysOverHttp);
         };
-        slot.set(local).map_err(|_| "keys were installed already".to_owned())?;
-        let set = self.local_set()?;
+        slot.set(local).map_err(|_| SetupError::KeysInstalledAlready)?;
+        let set = parse_ring(slot.get().ok_or(SetupError::KeysInstalledAlready)?)?;
         let result = Ok(self.store(&set));
         self.refreshed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         result
@@ -115,8 +122,7 @@ impl Jwks {
         match &self.source {
             Source::InProcess(slot) => {
                 let local = slot.get().ok_or("the admin in this process has not loaded its keys yet")?;
-                serde_json::from_value(local())
-                    .map_err(|e| format!("the admin's key ring is not a JWKS: {e}"))
+                parse_ring(local).map_err(|e| e.to_string())
             }
             Source::Http { .. } => Err("not an in-process key source".into()),
         }
@@ -201,5 +207,27 @@ impl Jwks {
                 tracing::warn!(error = %e, "JWKS refresh failed; keeping the last keys");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_ring_is_installed_once_and_only_in_process() {
+        let over_http = Jwks::new("http://127.0.0.1:1/jwks");
+        let err = over_http.install(Box::new(|| serde_json::json!({ "keys": [] }))).unwrap_err();
+        assert!(matches!(err, SetupError::KeysOverHttp), "{err:?}");
+
+        let local = Jwks::in_process();
+        assert_eq!(local.install(Box::new(|| serde_json::json!({ "keys": [] }))).unwrap(), 0);
+        assert!(local.current().is_some(), "an empty ring is still a loaded key set");
+        let err = local.install(Box::new(|| serde_json::json!({ "keys": [] }))).unwrap_err();
+        assert!(matches!(err, SetupError::KeysInstalledAlready), "{err:?}");
+
+        let err = Jwks::in_process().install(Box::new(|| serde_json::json!("no"))).unwrap_err();
+        assert!(matches!(err, SetupError::KeyRing(_)), "{err:?}");
+        assert!(err.to_string().starts_with("the admin's key ring is not a JWKS: "), "{err}");
     }
 }

@@ -3,13 +3,15 @@
 //! against the admin's JWKS, checks revocations and roles, strips any
 //! identity headers the client sent, and forwards with its own.
 //!
-//! The per-request path ([`proxy`]) never touches a database and never
-//! blocks: keys, routes and revocations are in memory, refreshed by
-//! background tasks.
+//! The per-request path ([`proxy`], deciding with [`decision`]) never
+//! touches a database and never blocks: keys, routes and revocations are
+//! in memory, refreshed by background tasks.
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod decision;
 pub mod drain;
+pub mod error;
 pub mod identity;
 pub mod jwks;
 pub mod metrics;
@@ -17,10 +19,11 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod revocations;
+pub mod table;
 pub mod token_cache;
 pub mod upstream;
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -28,7 +31,6 @@ use bouncer_core::{
     claims::Expectations,
     config::{Config, GatewayConfig},
     revocation::Revocation,
-    routes::RouteTable,
 };
 use bouncer_shared_state::{
     Redis, RedisBus, RevocationBus,
@@ -42,18 +44,8 @@ use pingora::{
 };
 use tokio::sync::{Mutex, broadcast, mpsc};
 
-use crate::{
-    jwks::Jwks,
-    proxy::{Gateway, LoadedTable},
-    revocations::RevocationSet,
-};
-
-/// Loads and resolves a route file, or says why not (file:line: reason).
-pub fn load_routes(path: &Path) -> Result<LoadedTable, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let table = RouteTable::from_yaml(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
-    LoadedTable::resolve(table)
-}
+pub use crate::{error::SetupError, table::load_routes};
+use crate::{jwks::Jwks, proxy::Gateway, revocations::RevocationSet};
 
 /// What the gateway shares: with the other replicas through Redis, or
 /// (embedded) with the admin service in its own process.
@@ -74,16 +66,12 @@ impl SharedState {
     /// The shared state of a standalone gateway replica: everything on Redis.
     /// A standalone gateway without Redis would never hear of a logout or a
     /// ban, so it refuses to start.
-    pub fn redis(config: &Config) -> Result<Self, String> {
-        let url = config.redis.as_deref().ok_or_else(|| {
-            "a standalone gateway needs `redis` (or BOUNCER_REDIS_URL) to learn revocations and share \
-             rate limits; for a single process with the admin use `bouncer up`"
-                .to_owned()
-        })?;
+    pub fn redis(config: &Config) -> Result<Self, SetupError> {
+        let url = config.redis.as_deref().ok_or(SetupError::NoRedis)?;
         // One client each: every connection starts on the runtime that uses
         // it (the limiter's on the proxy's own).
-        let redis = Redis::connect(url, &config.redis_prefix).map_err(|e| e.to_string())?;
-        let another = || redis.another().map_err(|e| e.to_string());
+        let redis = Redis::connect(url, &config.redis_prefix).map_err(SetupError::Redis)?;
+        let another = || redis.another().map_err(SetupError::Redis);
         Ok(Self {
             limiter: Arc::new(RateLimiter::shared(another()?, config.gateway.on_store_error)),
             bus: Arc::new(Arc::new(RedisBus::new(another()?, revocations::max_token_age()))),
@@ -102,7 +90,7 @@ pub fn build(
     config: &GatewayConfig,
     limiter: Arc<RateLimiter>,
     jwks: Jwks,
-) -> Result<(Gateway, mpsc::Receiver<DenialEvent>), String> {
+) -> Result<(Gateway, mpsc::Receiver<DenialEvent>), SetupError> {
     let table = load_routes(&config.routes)?;
     let (recorder, denial_queue) = DenialRecorder::new();
     let denials = Arc::new(recorder);
@@ -115,16 +103,19 @@ pub fn build(
         denials: denials.clone(),
         revocations: revocations.clone(),
     });
-    let gateway = Gateway {
+    let pipeline = decision::Pipeline {
         table: Arc::new(ArcSwap::from_pointee(table)),
         jwks,
         revocations,
         expectations: Expectations { issuer: config.issuer.clone(), audience: config.audience.clone() },
-        trusted_proxies: config.trusted_proxies.clone(),
         verified: token_cache::VerifiedTokens::default(),
         identity_names: identity::IdentityNames::new(&config.identity_headers)?,
-        metrics: Arc::new(metrics),
         limiter,
+    };
+    let gateway = Gateway {
+        pipeline,
+        trusted_proxies: config.trusted_proxies.clone(),
+        metrics: Arc::new(metrics),
         denials,
         drain: Arc::default(),
     };
@@ -185,10 +176,10 @@ pub fn server(
     let conf = server_conf(config.shutdown_grace.get().as_secs().max(1));
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    server.add_service(background_service("jwks", KeepKeysFresh(gateway.jwks.clone())));
+    server.add_service(background_service("jwks", KeepKeysFresh(gateway.pipeline.jwks.clone())));
     let feed = revocations::Feed {
         bus: shared.bus,
-        set: gateway.revocations.clone(),
+        set: gateway.pipeline.revocations.clone(),
         events: Mutex::new(shared.early_events),
         ready_from_bus: shared.bus_decides_ready,
     };
@@ -199,7 +190,7 @@ pub fn server(
     server.add_service(background_service("denials", shipper));
     let reloader = reload::RouteReloader {
         path: config.routes.clone(),
-        table: gateway.table.clone(),
+        table: gateway.pipeline.table.clone(),
         stats: gateway.metrics.reload_stats(),
     };
     server.add_service(background_service("routes", reloader));

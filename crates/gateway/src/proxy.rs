@@ -1,11 +1,13 @@
 //! The gateway's request pipeline: one [`ProxyHttp`] implementation whose
-//! `request_filter` reads top to bottom — normalize, match, strip,
-//! authenticate, revocation, authorize, rate limit — and whose later phases
+//! `request_filter` takes the decision — [`Pipeline::decide`], which reads
+//! top to bottom: normalize, match, strip, authenticate, revocation,
+//! authorize, rate limit, forward — and applies it, and whose later phases
 //! forward with identity headers.
 //!
 //! pingora phases used, in the order they run:
-//! - `request_filter`: every decision; a denial is written here and
-//!   `Ok(true)` ends the request. `Ok(false)` forwards.
+//! - `request_filter`: the decision; a denial is written here and
+//!   `Ok(true)` ends the request. `Ok(false)` forwards, once the client's
+//!   identity headers are stripped.
 //! - `upstream_peer`: the target chosen in `request_filter`.
 //! - `upstream_request_filter`: rewrite the path to its normalized form,
 //!   inject `X-User-*`, `X-Request-Id`, `X-Forwarded-For`.
@@ -22,20 +24,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bouncer_core::{
-    bucket::{Decision, Limit},
-    claims::{AccessClaims, Expectations},
-    jwt::{self, TokenError},
-    path::normalize_path,
-    problem::ProblemKind,
-    routes::{Access, AuthMode, LimitKey, RouteMatch, RouteTable},
-};
-use bouncer_shared_state::{
-    denials::{DenialEvent, DenialRecorder},
-    limiter::{RateLimiter, Verdict},
-};
+use bouncer_shared_state::denials::{DenialEvent, DenialRecorder};
 use ipnet::IpNet;
 use pingora::{
     ErrorSource, ErrorType,
@@ -48,45 +38,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    identity::{self, IdentityNames, X_FORWARDED_FOR},
-    jwks::Jwks,
-    problem::Denial,
-    revocations::RevocationSet,
-    upstream::{self, Pool},
+    decision::{Admit, Decided, Facts, Pipeline},
+    drain::{Drain, InFlight},
+    identity::X_FORWARDED_FOR,
+    metrics::GatewayMetrics,
+    problem::{Denial, rate_limit_headers},
+    upstream::Pool,
 };
-
-/// A route table with its upstreams resolved, swapped whole on reload.
-pub struct LoadedTable {
-    pub table: RouteTable,
-    /// Targets of each upstream, resolved at load time (no DNS per request).
-    upstreams: std::collections::HashMap<String, Arc<Pool>>,
-}
-
-impl LoadedTable {
-    /// Resolves every upstream target; a name that does not resolve makes
-    /// the whole table invalid.
-    pub fn resolve(table: RouteTable) -> Result<Self, String> {
-        let mut upstreams = std::collections::HashMap::new();
-        for (name, spec) in &table.upstreams {
-            let mut addrs = Vec::new();
-            for target in &spec.targets {
-                let resolved = std::net::ToSocketAddrs::to_socket_addrs(target.as_str())
-                    .map_err(|e| format!("upstreams.{name}: cannot resolve {target}: {e}"))?
-                    .next()
-                    .ok_or_else(|| format!("upstreams.{name}: {target} resolves to nothing"))?;
-                addrs.push(resolved);
-            }
-            let connect = spec.connect_timeout.map_or(upstream::DEFAULT_CONNECT_TIMEOUT, |d| d.get());
-            let read = spec.read_timeout.map_or(upstream::DEFAULT_READ_TIMEOUT, |d| d.get());
-            upstreams.insert(name.clone(), Arc::new(Pool::new(addrs, connect, read)));
-        }
-        Ok(Self { table, upstreams })
-    }
-
-    fn pool(&self, upstream: &str) -> Option<Arc<Pool>> {
-        self.upstreams.get(upstream).cloned()
-    }
-}
 
 /// Milliseconds on a monotonic clock, for upstream health.
 fn monotonic_ms() -> u64 {
@@ -94,20 +52,16 @@ fn monotonic_ms() -> u64 {
     ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-/// Everything the pipeline reads; shared by all requests.
+/// The proxy: the decision's state and what the phases around it use;
+/// shared by all requests.
 pub struct Gateway {
-    pub table: Arc<ArcSwap<LoadedTable>>,
-    pub jwks: Arc<Jwks>,
-    pub revocations: Arc<RevocationSet>,
-    pub expectations: Expectations,
+    /// Everything the decision reads (routes, keys, revocations, limiter).
+    pub pipeline: Pipeline,
     pub trusted_proxies: Vec<IpNet>,
-    pub metrics: Arc<crate::metrics::GatewayMetrics>,
-    pub verified: crate::token_cache::VerifiedTokens,
-    pub identity_names: IdentityNames,
-    pub limiter: Arc<RateLimiter>,
+    pub metrics: Arc<GatewayMetrics>,
     pub denials: Arc<DenialRecorder>,
     /// In-flight requests, for a graceful stop.
-    pub drain: Arc<crate::drain::Drain>,
+    pub drain: Arc<Drain>,
 }
 
 /// Per-request state carried between phases.
@@ -115,25 +69,22 @@ pub struct Gateway {
 pub struct RequestCtx {
     request_id: String,
     started: Option<Instant>,
-    route: Option<String>,
-    /// The normalized path: what was matched, and what is forwarded.
-    forward_path: String,
+    /// What the decision established: route, forward path, identity, rate.
+    facts: Facts,
     target: Option<SocketAddr>,
     /// The route's upstream pool, kept for retries against other targets.
     pool: Option<Arc<Pool>>,
     /// Targets already tried for this request (a retry goes elsewhere).
     tried: Vec<SocketAddr>,
-    identity: Option<Arc<AccessClaims>>,
     /// The TCP peer.
     peer_ip: Option<IpAddr>,
     /// The client as far as trusted proxies vouch for it (rate keys, audit).
     client_ip: Option<IpAddr>,
+    /// The access log's and the metrics' label: "forwarded", a denial's
+    /// label, or "client_gone".
     decision: &'static str,
-    /// The route's limit and what the bucket said, for `RateLimit-*`.
-    rate: Option<(Limit, Decision)>,
-    bucket: Option<String>,
     /// Counts this request as in flight until the context is dropped.
-    _in_flight: Option<crate::drain::InFlight>,
+    _in_flight: Option<InFlight>,
 }
 
 #[async_trait]
@@ -159,15 +110,27 @@ impl ProxyHttp for Gateway {
             // Stopping: answer, but on a connection that then closes.
             session.set_keepalive(None);
         }
-        ctx.request_id = request_id(session.req_header(), &self.identity_names.request_id);
+        ctx.request_id = request_id(session.req_header(), &self.pipeline.identity_names.request_id);
         ctx.peer_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.client_ip = ctx.peer_ip.map(|peer| client_ip(session.req_header(), peer, &self.trusted_proxies));
-        match self.decide(session, ctx).await {
-            Ok(()) => Ok(false),
+        // 1.–8., top to bottom: normalize, match, strip, authenticate,
+        // revocation, authorize, rate limit, forward.
+        let Decided { facts, verdict } = self.pipeline.decide(session.req_header(), ctx.client_ip).await;
+        ctx.facts = facts;
+        match verdict {
+            Ok(Admit { pool, strip }) => {
+                // 3., applied: the client's identity headers never travel on.
+                let req = session.req_header_mut();
+                for name in &strip {
+                    req.remove_header(name);
+                }
+                ctx.pool = Some(pool);
+                Ok(false)
+            }
             Err(denial) => {
-                ctx.decision = denial.decision;
-                if matches!(denial.kind.status, 401 | 403 | 429) {
-                    self.denials.record(denial_event(session.req_header(), ctx, denial.kind.status));
+                ctx.decision = denial.label();
+                if denial.is_audited() {
+                    self.denials.record(denial_event(session.req_header(), ctx, denial.status()));
                 }
                 denial.write(session, &ctx.request_id).await?;
                 Ok(true)
@@ -233,20 +196,20 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         {
-            let path = &ctx.forward_path;
+            let path = &ctx.facts.forward_path;
             let query = upstream.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
             let uri = format!("{path}{query}")
                 .parse()
                 .map_err(|_| pingora::Error::new(ErrorType::InternalError))?;
             upstream.set_uri(uri);
         }
-        if let Some(claims) = &ctx.identity {
-            let names = &self.identity_names;
-            upstream.insert_header(names.user_id.clone(), claims.sub.to_string())?;
-            upstream.insert_header(names.email.clone(), claims.email.as_str())?;
-            upstream.insert_header(names.roles.clone(), claims.roles.join(","))?;
+        let names = &self.pipeline.identity_names;
+        if let Some(claims) = &ctx.facts.identity {
+            for (name, value) in names.injected(claims) {
+                upstream.insert_header(name, value)?;
+            }
         }
-        upstream.insert_header(self.identity_names.request_id.clone(), ctx.request_id.as_str())?;
+        upstream.insert_header(names.request_id.clone(), ctx.request_id.as_str())?;
         let forwarded = forwarded_for(session.req_header(), ctx.peer_ip, &self.trusted_proxies);
         upstream.remove_header(X_FORWARDED_FOR);
         if let Some(value) = forwarded {
@@ -261,8 +224,8 @@ impl ProxyHttp for Gateway {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        response.insert_header(self.identity_names.request_id.clone(), ctx.request_id.as_str())?;
-        if let Some((limit, decision)) = &ctx.rate {
+        response.insert_header(self.pipeline.identity_names.request_id.clone(), ctx.request_id.as_str())?;
+        if let Some((limit, decision)) = &ctx.facts.rate {
             for (name, value) in rate_limit_headers(limit, decision) {
                 response.insert_header(name, value)?;
             }
@@ -282,14 +245,10 @@ impl ProxyHttp for Gateway {
             return FailToProxy { error_code: written.status.as_u16(), can_reuse_downstream: false };
         }
         let denial = match (e.esource(), e.etype()) {
-            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => Denial::new(
-                ProblemKind::GATEWAY_TIMEOUT,
-                "The upstream did not answer in time.",
-                "upstream_timeout",
-            ),
-            (ErrorSource::Upstream, _) => {
-                Denial::new(ProblemKind::BAD_GATEWAY, "The upstream could not be reached.", "upstream_error")
+            (ErrorSource::Upstream, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+                Denial::UpstreamTimeout
             }
+            (ErrorSource::Upstream, _) => Denial::UpstreamError,
             // The client went away: there is no one to answer.
             (
                 ErrorSource::Downstream,
@@ -298,18 +257,16 @@ impl ProxyHttp for Gateway {
                 ctx.decision = "client_gone";
                 return FailToProxy { error_code: 0, can_reuse_downstream: false };
             }
-            (ErrorSource::Downstream, _) => {
-                Denial::new(ProblemKind::MALFORMED_REQUEST, "The request could not be read.", "bad_request")
-            }
-            _ => Denial::new(ProblemKind::INTERNAL, "An internal error occurred.", "internal"),
+            (ErrorSource::Downstream, _) => Denial::BadRequest,
+            _ => Denial::Internal,
         };
-        // pingora will not reuse this connection; say so, so that clients do
-        // not send their next request into a closing socket. (A header alone
-        // is overwritten: pingora writes the session's keep-alive state.)
+        // pingora will not reuse this connection; say so (the denial carries
+        // `Connection: close`), so that clients do not send their next
+        // request into a closing socket. (The header alone is overwritten:
+        // pingora writes the session's keep-alive state.)
         session.set_keepalive(None);
-        let denial = denial.with("connection", "close");
-        ctx.decision = denial.decision;
-        let code = denial.kind.status;
+        ctx.decision = denial.label();
+        let code = denial.status();
         if let Err(write_error) = denial.write(session, &ctx.request_id).await {
             tracing::debug!(error = %write_error, "could not write the error response");
         }
@@ -320,241 +277,20 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
         let micros = elapsed.as_micros() as u64;
-        self.metrics.observe(ctx.route.as_deref().unwrap_or("-"), status, ctx.decision, elapsed);
+        let facts = &ctx.facts;
+        self.metrics.observe(facts.route.as_deref().unwrap_or("-"), status, ctx.decision, elapsed);
         tracing::info!(
             target: "bouncer::access",
             request_id = %ctx.request_id,
             method = %session.req_header().method,
-            route = ctx.route.as_deref().unwrap_or("-"),
+            route = facts.route.as_deref().unwrap_or("-"),
             status,
             decision = ctx.decision,
-            user_id = ctx.identity.as_ref().map(|c| c.sub.to_string()).unwrap_or_default(),
+            user_id = facts.identity.as_ref().map(|c| c.sub.to_string()).unwrap_or_default(),
             client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             micros,
             "request"
         );
-    }
-}
-
-impl Gateway {
-    /// The pipeline, top to bottom. `Err` is a denial to write.
-    async fn decide(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Denial> {
-        // 1. Normalize the path: what is matched is what is forwarded. Only
-        // origin-form ("/…") and absolute-form targets have a path at all; an
-        // upstream might read another form ("foo:/admin") as a path we never
-        // checked, so it is refused.
-        let req = session.req_header();
-        let raw = req.raw_path();
-        let form_ok = raw.starts_with(b"/") || raw.starts_with(b"http://") || raw.starts_with(b"https://");
-        let invalid = || {
-            Denial::new(ProblemKind::INVALID_PATH, "The request target is not acceptable.", "invalid_path")
-        };
-        if !form_ok {
-            return Err(invalid());
-        }
-        // A lower-case method could slip past `methods: [DELETE]` to a wider
-        // route, then be upper-cased by the upstream.
-        if !req.method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(Denial::new(
-                ProblemKind::MALFORMED_REQUEST,
-                "The method must be upper case.",
-                "bad_method",
-            ));
-        }
-        if req.uri.query().is_some_and(identity::query_overrides_method) {
-            return Err(Denial::new(
-                ProblemKind::MALFORMED_REQUEST,
-                "Method overrides (_method) are not accepted.",
-                "method_override",
-            ));
-        }
-        // Always forwarded in origin form built from this checked path.
-        ctx.forward_path = normalize_path(req.uri.path()).map_err(|_| invalid())?.into_owned();
-
-        // 2. Match the route (default deny).
-        let loaded = self.table.load_full();
-        let (route, params) = match loaded.table.match_request(req.method.as_str(), &ctx.forward_path) {
-            RouteMatch::Found { route, params } => (route, params),
-            RouteMatch::MethodNotAllowed { allow } => {
-                return Err(Denial::new(
-                    ProblemKind::METHOD_NOT_ALLOWED,
-                    "This method is not allowed here.",
-                    "method_not_allowed",
-                )
-                .with("allow", allow.join(", ")));
-            }
-            RouteMatch::NotFound => {
-                return Err(Denial::new(ProblemKind::NOT_FOUND, "No route matches this path.", "no_route"));
-            }
-        };
-        ctx.route = Some(route.name().to_owned());
-
-        // 3. Strip every client-sent identity header, on every route.
-        strip_identity_headers(session.req_header_mut(), &self.identity_names);
-
-        // 4. Authenticate, then 5. check revocations.
-        ctx.identity = match route.spec.auth {
-            AuthMode::None => None,
-            mode => self.authenticate(session.req_header(), mode == AuthMode::Required).await?,
-        };
-        if let Some(claims) = &ctx.identity {
-            if !self.revocations.is_ready() {
-                return Err(Denial::new(
-                    ProblemKind::UNAVAILABLE,
-                    "Revocations are not loaded yet.",
-                    "no_revocations",
-                )
-                .with("retry-after", "1"));
-            }
-            if self.revocations.is_revoked(claims.sub, claims.sid, claims.iat) {
-                return Err(Denial::invalid_token("The access token was revoked.", "revoked"));
-            }
-        }
-
-        // 6. Authorize: any-of roles, or the owner rule (core::routes).
-        let subject = ctx.identity.as_ref().map(|c| c.sub.to_string());
-        let caller = subject.as_deref().zip(ctx.identity.as_ref().map(|c| c.roles.as_slice()));
-        match route.authorize(caller, &params) {
-            Access::Allowed => {}
-            Access::Unauthenticated => return Err(Denial::no_token()),
-            Access::Forbidden => {
-                return Err(Denial::new(
-                    ProblemKind::FORBIDDEN,
-                    "Your roles do not allow this request.",
-                    "forbidden",
-                ));
-            }
-        }
-
-        // 7. Rate limit: one bucket per route and key value, shared by every
-        // replica when Redis is configured.
-        if let (Some(spec), Some(limit)) = (&route.spec.rate_limit, route.limit) {
-            let bucket = bucket_key(route.name(), spec.key, ctx.identity.as_deref(), ctx.client_ip);
-            match self.limiter.check(&bucket, &limit).await {
-                Verdict::Checked(decision) => {
-                    ctx.rate = Some((limit, decision));
-                    ctx.bucket = Some(bucket);
-                    if !decision.allowed {
-                        let mut denial = Denial::new(
-                            ProblemKind::TOO_MANY_REQUESTS,
-                            "Slow down: the rate limit is spent.",
-                            "rate_limited",
-                        )
-                        .with("retry-after", decision.retry_after_secs().to_string());
-                        for (name, value) in rate_limit_headers(&limit, &decision) {
-                            denial = denial.with(name, value);
-                        }
-                        return Err(denial);
-                    }
-                }
-                Verdict::Unlimited => {}
-                Verdict::Unavailable => {
-                    return Err(Denial::new(
-                        ProblemKind::UNAVAILABLE,
-                        "The rate-limit store is unavailable.",
-                        "limiter_unavailable",
-                    )
-                    .with("retry-after", "1"));
-                }
-            }
-        }
-
-        ctx.pool = loaded.pool(&route.spec.upstream).filter(|p| !p.is_empty());
-        if ctx.pool.is_none() {
-            return Err(Denial::new(
-                ProblemKind::BAD_GATEWAY,
-                "The upstream could not be reached.",
-                "no_target",
-            ));
-        }
-        Ok(())
-    }
-
-    /// `Ok(None)` for an anonymous caller on an optional route.
-    async fn authenticate(
-        &self,
-        req: &RequestHeader,
-        required: bool,
-    ) -> Result<Option<Arc<AccessClaims>>, Denial> {
-        let mut headers = req.headers.get_all(http::header::AUTHORIZATION).iter();
-        let header = headers.next();
-        let query_token =
-            req.uri.query().is_some_and(|q| q.split('&').any(|p| p.starts_with("access_token=")));
-        // Tokens in URLs leak into logs and caches: a query token is refused
-        // on its own as well as beside a header.
-        if headers.next().is_some() || query_token {
-            return Err(Denial::new(
-                ProblemKind::AMBIGUOUS_CREDENTIALS,
-                "Send exactly one credential, as an Authorization: Bearer header.",
-                "ambiguous_credentials",
-            ));
-        }
-        let Some(value) = header else {
-            return if required { Err(Denial::no_token()) } else { Ok(None) };
-        };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .ok_or_else(|| {
-                Denial::invalid_token("The Authorization header is not a bearer token.", "invalid_token")
-            })?;
-        let claims = match self.verify(token).await {
-            Ok(c) => c,
-            Err(None) => {
-                return Err(Denial::new(
-                    ProblemKind::UNAVAILABLE,
-                    "Token verification keys are not loaded yet.",
-                    "no_keys",
-                )
-                .with("retry-after", "1"));
-            }
-            Err(Some(reason)) => {
-                tracing::debug!(%reason, "token refused");
-                return Err(Denial::invalid_token(
-                    "The access token is invalid, expired or revoked.",
-                    "invalid_token",
-                ));
-            }
-        };
-        let printable = identity::safe_header_value(&claims.email)
-            && claims.roles.iter().all(|r| identity::safe_header_value(r));
-        if !printable {
-            return Err(Denial::invalid_token(
-                "The token's claims cannot be passed on safely.",
-                "unsafe_claims",
-            ));
-        }
-        Ok(Some(claims))
-    }
-
-    /// `Err(None)`: no keys were ever loaded (503). `Err(Some(_))`: refused.
-    async fn verify(&self, token: &str) -> Result<Arc<AccessClaims>, Option<TokenError>> {
-        let now = OffsetDateTime::now_utc();
-        let generation = self.jwks.generation();
-        if let Some(claims) = self.verified.get(token, generation) {
-            // Signature known good under these keys; times still move.
-            claims.validate(&self.expectations, now).map_err(|e| Some(TokenError::Claims(e)))?;
-            return Ok(claims);
-        }
-        let attempt = |keys: &Option<std::collections::HashMap<String, jsonwebtoken::DecodingKey>>| {
-            keys.as_ref().map(|keys| jwt::verify(token, |kid| keys.get(kid), &self.expectations, now))
-        };
-        let keys = self.jwks.current();
-        let verified = match attempt(&keys) {
-            None => return Err(None),
-            Some(Err(TokenError::UnknownKid)) if jwt::kid_of(token).is_some() => {
-                // A key rotated in since the last fetch: refresh (rate limited) and retry once.
-                self.jwks.refresh_for_unknown_kid().await;
-                attempt(&self.jwks.current()).unwrap_or(Err(TokenError::UnknownKid))
-            }
-            Some(result) => result,
-        };
-        let claims = Arc::new(verified.map_err(Some)?);
-        self.verified.insert(token, claims.clone(), self.jwks.generation());
-        Ok(claims)
     }
 }
 
@@ -570,24 +306,6 @@ fn request_id(req: &RequestHeader, name: &http::HeaderName) -> String {
         })
         .map(str::to_owned)
         .unwrap_or_else(|| Uuid::new_v4().to_string())
-}
-
-fn strip_identity_headers(req: &mut RequestHeader, names: &IdentityNames) {
-    // Decided while borrowing the headers, removed afterwards; both vectors
-    // stay empty (no allocation) for the usual request with nothing to strip.
-    let to_strip = {
-        let connection: Vec<&str> = req
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        names.names_to_strip(req.headers.keys(), &connection)
-    };
-    for name in to_strip {
-        req.remove_header(&name);
-    }
 }
 
 /// The client's address: the peer, or — when the peer is a trusted proxy —
@@ -612,47 +330,21 @@ fn client_ip(req: &RequestHeader, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     last
 }
 
-/// The bucket of a request: route name, then the key value. IPv6 clients
-/// are bucketed by /64, the block one subscriber typically gets.
-fn bucket_key(route: &str, key: LimitKey, identity: Option<&AccessClaims>, ip: Option<IpAddr>) -> String {
-    let ip_part = |ip: Option<IpAddr>| match ip {
-        Some(IpAddr::V6(v6)) => {
-            let s = v6.segments();
-            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
-        Some(v4) => format!("ip:{v4}"),
-        None => "ip:unknown".to_owned(),
-    };
-    match (key, identity) {
-        (LimitKey::User, Some(claims)) => format!("{route}:user:{}", claims.sub),
-        (LimitKey::User | LimitKey::Ip, _) => format!("{route}:{}", ip_part(ip)),
-        (LimitKey::Route, _) => format!("{route}:route"),
-    }
-}
-
-/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (seconds).
-fn rate_limit_headers(limit: &Limit, decision: &Decision) -> [(&'static str, String); 3] {
-    [
-        ("ratelimit-limit", limit.burst.to_string()),
-        ("ratelimit-remaining", decision.remaining.to_string()),
-        ("ratelimit-reset", decision.reset_secs().to_string()),
-    ]
-}
-
 /// The audit stream's record of a denial.
 fn denial_event(req: &RequestHeader, ctx: &RequestCtx, status: u16) -> DenialEvent {
+    let facts = &ctx.facts;
     DenialEvent {
         id: Uuid::now_v7(),
         at: OffsetDateTime::now_utc(),
         status,
         decision: ctx.decision.to_owned(),
-        route: ctx.route.clone().unwrap_or_else(|| "-".into()),
+        route: facts.route.clone().unwrap_or_else(|| "-".into()),
         method: req.method.as_str().to_owned(),
-        path: ctx.forward_path.clone(),
-        user_id: ctx.identity.as_ref().map(|c| c.sub.to_string()),
+        path: facts.forward_path.clone(),
+        user_id: facts.identity.as_ref().map(|c| c.sub.to_string()),
         ip: ctx.client_ip.map(|ip| ip.to_string()),
         request_id: Some(ctx.request_id.clone()),
-        bucket: ctx.bucket.clone(),
+        bucket: facts.bucket.clone(),
         count: 1,
     }
 }

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::{server::ShutdownWatch, services::background::BackgroundService};
 
-use crate::proxy::LoadedTable;
+use crate::table::{LoadedTable, load_routes};
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -36,7 +36,7 @@ pub struct RouteReloader {
 impl RouteReloader {
     /// Loads the file and swaps it in if valid. Returns whether it applied.
     pub fn reload(&self) -> bool {
-        match crate::load_routes(&self.path) {
+        match load_routes(&self.path) {
             Ok(table) => {
                 let routes = table.table.routes().len();
                 self.table.store(Arc::new(table));
