@@ -308,26 +308,11 @@ fn request_id(req: &RequestHeader, name: &http::HeaderName) -> String {
         .unwrap_or_else(|| Uuid::new_v4().to_string())
 }
 
-/// The client's address: the peer, or — when the peer is a trusted proxy —
-/// the right-most `X-Forwarded-For` entry that is not itself trusted (the
-/// left part of the chain is whatever the client chose to write).
+/// The client's address by the one rule in `bouncer_core::client_ip`, which
+/// the admin's login throttle uses too.
 fn client_ip(req: &RequestHeader, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
-    }
-    let mut last = peer;
-    let entries = req.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
-    let hops: Vec<&str> = entries.flat_map(|v| v.split(',')).collect();
-    for hop in hops.iter().rev() {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) if is_trusted(&ip) => last = ip,
-            Ok(ip) => return ip,
-            // Garbage in the chain: stop at the last address we could vouch for.
-            Err(_) => return last,
-        }
-    }
-    last
+    let lines = req.headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok());
+    bouncer_core::client_ip::client_ip(peer, lines, trusted)
 }
 
 /// The audit stream's record of a denial.
