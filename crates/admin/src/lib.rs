@@ -39,7 +39,7 @@ pub struct Inner {
     pub config: AdminConfig,
     pub store: Arc<dyn Store>,
     /// Where committed revocations are announced to token verifiers.
-    pub bus: Arc<dyn RevocationBus>,
+    pub bus: Arc<RevocationBus>,
     pub keys: KeyStore,
     pub passwords: Passwords,
     pub metrics: Metrics,
@@ -67,11 +67,7 @@ impl std::ops::Deref for AppState {
 impl AppState {
     /// Loads (or creates) the signing keys and prepares the hasher. The
     /// store must already be migrated.
-    pub fn new(
-        config: AdminConfig,
-        store: Arc<dyn Store>,
-        bus: Arc<dyn RevocationBus>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(config: AdminConfig, store: Arc<dyn Store>, bus: Arc<RevocationBus>) -> anyhow::Result<Self> {
         let keys = KeyStore::open(
             &config.keys_dir,
             config.access_token_ttl.get(),

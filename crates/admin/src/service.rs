@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use bouncer_core::{config::Config, revocation::Revocation};
-use bouncer_shared_state::{InProcessBus, Redis, RedisBus, RevocationBus, denials::DenialSource};
+use bouncer_shared_state::{Redis, RevocationBus, denials::DenialSource};
 use bouncer_store::Store;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -28,7 +28,7 @@ pub enum Topology {
 /// What an in-process gateway shares with its admin.
 pub struct LocalGateway {
     /// The bus the gateway listens on: in-process, or its Redis bus.
-    pub bus: Arc<dyn RevocationBus>,
+    pub bus: Arc<RevocationBus>,
     /// Denials handed over in-process, and a guard held until the last of
     /// them is written (the gateway's stop waits for it). `None` when they
     /// travel through Redis.
@@ -95,9 +95,9 @@ pub async fn start(config: &Config, topology: Topology, migrations: Migrations) 
     let redis = config.redis.as_deref().map(|url| Redis::connect(url, &config.redis_prefix)).transpose()?;
     let (bus, hooks) = match topology {
         Topology::Standalone => {
-            let bus: Arc<dyn RevocationBus> = match &redis {
-                Some(redis) => Arc::new(Arc::new(RedisBus::new(redis.clone(), keep))),
-                None => Arc::new(InProcessBus::default()),
+            let bus: Arc<RevocationBus> = match &redis {
+                Some(redis) => Arc::new(RevocationBus::redis(redis.clone(), keep)),
+                None => Arc::new(RevocationBus::in_process()),
             };
             (bus, None)
         }

@@ -20,7 +20,7 @@ pub fn revocation_keep(config: &AdminConfig) -> Duration {
 
 /// Whenever the bus asks (start, reconnect, failed publish), writes the
 /// store's recent revocations to the shared record again. Runs forever.
-pub async fn keep_revocations_recorded(bus: Arc<dyn RevocationBus>, store: Arc<dyn Store>, keep: Duration) {
+pub async fn keep_revocations_recorded(bus: Arc<RevocationBus>, store: Arc<dyn Store>, keep: Duration) {
     loop {
         bus.resync_wanted().await;
         // Short: gateways that start while Redis is away become ready only

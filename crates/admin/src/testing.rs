@@ -24,7 +24,7 @@ pub async fn app_with(adjust: impl FnOnce(&mut AdminConfig)) -> (Router, tempfil
     let mut config = AdminConfig { keys_dir: dir.path().join("keys"), ..AdminConfig::default() };
     config.password.hash = HashParams { memory_kib: 64, iterations: 1, parallelism: 1 };
     adjust(&mut config);
-    let bus = Arc::new(bouncer_shared_state::InProcessBus::default());
+    let bus = Arc::new(bouncer_shared_state::RevocationBus::in_process());
     (router(AppState::new(config, store, bus).unwrap()), dir)
 }
 

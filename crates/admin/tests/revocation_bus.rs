@@ -14,7 +14,7 @@ use bouncer_core::{
     password::HashParams,
     revocation::{Revocation, RevocationKind},
 };
-use bouncer_shared_state::{InProcessBus, RevocationBus};
+use bouncer_shared_state::RevocationBus;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -45,7 +45,7 @@ async fn logout_and_logout_all_are_announced_after_commit() {
     store.migrate().await.unwrap();
     let mut config = AdminConfig { keys_dir: dir.path().join("keys"), ..AdminConfig::default() };
     config.password.hash = HashParams { memory_kib: 64, iterations: 1, parallelism: 1 };
-    let bus = Arc::new(InProcessBus::default());
+    let bus = Arc::new(RevocationBus::in_process());
     let mut revocations = bus.subscribe();
     let app = router(AppState::new(config, store, bus.clone()).unwrap());
 

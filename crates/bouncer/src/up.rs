@@ -20,8 +20,8 @@ use bouncer_gateway::{
     revocations::RevocationSet,
 };
 use bouncer_shared_state::{
-    InProcessBus, RevocationBus,
-    denials::{DenialSource, InProcessDenials},
+    RevocationBus,
+    denials::{DenialSink, DenialSource},
     limiter::RateLimiter,
 };
 use pingora::{
@@ -40,7 +40,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             (shared, None)
         }
         None => {
-            let bus = Arc::new(InProcessBus::default());
+            let bus = Arc::new(RevocationBus::in_process());
             let (to_admin, from_gateway) = tokio::sync::mpsc::channel(64);
             let shared = SharedState {
                 limiter: Arc::new(RateLimiter::in_memory()),
@@ -48,7 +48,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 early_events: Some(bus.subscribe()),
                 bus,
                 bus_decides_ready: false,
-                denial_sink: Arc::new(InProcessDenials(to_admin)),
+                denial_sink: Arc::new(DenialSink::InProcess(to_admin)),
             };
             (shared, Some(DenialSource::InProcess(from_gateway)))
         }

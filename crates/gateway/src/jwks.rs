@@ -36,6 +36,20 @@ fn parse_ring(local: &LocalJwks) -> Result<JwkSet, SetupError> {
     serde_json::from_value(local()).map_err(SetupError::KeyRing)
 }
 
+/// Why a refresh kept the last keys. Logged, never shown to a client: a
+/// request meets [`Denial`](crate::problem::Denial)'s 503 instead.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("cannot fetch {url}: {error}")]
+    Fetch { url: String, error: reqwest::Error },
+    #[error("{url} is not a JWKS: {error}")]
+    NotJwks { url: String, error: reqwest::Error },
+    #[error("the admin in this process has not loaded its keys yet")]
+    NotInstalled,
+    #[error(transparent)]
+    KeyRing(#[from] SetupError),
+}
+
 /// Where the key set comes from.
 enum Source {
     Http {
@@ -98,7 +112,7 @@ impl Jwks {
 
     /// Fetches and swaps in the key set. Keys are pinned to EdDSA: JWKs of
     /// any other type or algorithm are ignored, never trusted.
-    pub async fn refresh(&self) -> Result<usize, String> {
+    pub async fn refresh(&self) -> Result<usize, RefreshError> {
         let result = self.fetch().await;
         let counter = if result.is_ok() { &self.refreshed } else { &self.failed };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -118,16 +132,6 @@ impl Jwks {
         result
     }
 
-    fn local_set(&self) -> Result<JwkSet, String> {
-        match &self.source {
-            Source::InProcess(slot) => {
-                let local = slot.get().ok_or("the admin in this process has not loaded its keys yet")?;
-                parse_ring(local).map_err(|e| e.to_string())
-            }
-            Source::Http { .. } => Err("not an in-process key source".into()),
-        }
-    }
-
     fn describe(&self) -> &str {
         match &self.source {
             Source::Http { url, .. } => url,
@@ -135,7 +139,7 @@ impl Jwks {
         }
     }
 
-    async fn fetch(&self) -> Result<usize, String> {
+    async fn fetch(&self) -> Result<usize, RefreshError> {
         let _one_at_a_time = self.fetching.lock().await;
         let set = match &self.source {
             Source::Http { url, http } => http
@@ -143,11 +147,11 @@ impl Jwks {
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
-                .map_err(|e| format!("cannot fetch {url}: {e}"))?
+                .map_err(|error| RefreshError::Fetch { url: url.clone(), error })?
                 .json()
                 .await
-                .map_err(|e| format!("{url} is not a JWKS: {e}"))?,
-            Source::InProcess(_) => self.local_set()?,
+                .map_err(|error| RefreshError::NotJwks { url: url.clone(), error })?,
+            Source::InProcess(slot) => parse_ring(slot.get().ok_or(RefreshError::NotInstalled)?)?,
         };
         Ok(self.store(&set))
     }

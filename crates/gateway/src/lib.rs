@@ -33,8 +33,8 @@ use bouncer_core::{
     revocation::Revocation,
 };
 use bouncer_shared_state::{
-    Redis, RedisBus, RevocationBus,
-    denials::{DenialEvent, DenialRecorder, DenialSink, RedisDenials},
+    Redis, RevocationBus,
+    denials::{DenialEvent, DenialRecorder, DenialSink},
     limiter::RateLimiter,
 };
 use pingora::{
@@ -51,7 +51,7 @@ use crate::{jwks::Jwks, proxy::Gateway, revocations::RevocationSet};
 /// (embedded) with the admin service in its own process.
 pub struct SharedState {
     pub limiter: Arc<RateLimiter>,
-    pub bus: Arc<dyn RevocationBus>,
+    pub bus: Arc<RevocationBus>,
     /// A subscription taken before any publisher started (in-process), or
     /// `None` to subscribe when the gateway starts (Redis: the subscriber
     /// loads a snapshot, so nothing is missed).
@@ -59,7 +59,7 @@ pub struct SharedState {
     /// Redis: the bus's first snapshot makes the revocation set ready.
     /// In-process: whoever loads the store's revocations does.
     pub bus_decides_ready: bool,
-    pub denial_sink: Arc<dyn DenialSink>,
+    pub denial_sink: Arc<DenialSink>,
 }
 
 impl SharedState {
@@ -74,10 +74,10 @@ impl SharedState {
         let another = || redis.another().map_err(SetupError::Redis);
         Ok(Self {
             limiter: Arc::new(RateLimiter::shared(another()?, config.gateway.on_store_error)),
-            bus: Arc::new(Arc::new(RedisBus::new(another()?, revocations::max_token_age()))),
+            bus: Arc::new(RevocationBus::redis(another()?, revocations::max_token_age())),
             early_events: None,
             bus_decides_ready: true,
-            denial_sink: Arc::new(RedisDenials::new(&redis)),
+            denial_sink: Arc::new(DenialSink::redis(&redis)),
         })
     }
 }
@@ -130,7 +130,7 @@ struct Shipping {
     queue: mpsc::Receiver<DenialEvent>,
     /// Dropped after the last flush, which tells an in-process receiver
     /// that nothing more is coming.
-    sink: Arc<dyn DenialSink>,
+    sink: Arc<DenialSink>,
     /// Dropped last: the stop waits for it.
     finishing: drain::Finishing,
 }
@@ -147,7 +147,7 @@ impl BackgroundService for ShipDenials {
                 _ = shutdown.changed() => {}
             }
         };
-        bouncer_shared_state::denials::ship(queue, &*sink, stop).await;
+        bouncer_shared_state::denials::ship(queue, &sink, stop).await;
         drop(sink);
         drop(finishing);
     }

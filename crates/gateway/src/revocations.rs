@@ -91,7 +91,7 @@ impl RevocationSet {
 
 /// Applies every revocation the bus delivers to the set, and prunes it.
 pub struct Feed {
-    pub bus: Arc<dyn RevocationBus>,
+    pub bus: Arc<RevocationBus>,
     pub set: Arc<RevocationSet>,
     /// A receiver taken before the publishers started (in-process), or
     /// `None` to subscribe when the service starts.

@@ -30,10 +30,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::{
-    redis::{Redis, RedisError},
-    revocation::BoxFuture,
-};
+use crate::redis::{Redis, RedisError};
 
 /// One denial (or, for 429, `count` denials of one bucket in one minute).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +111,64 @@ impl DenialRecorder {
     }
 }
 
-/// Where shipped batches go.
-pub trait DenialSink: Send + Sync + 'static {
-    fn send<'a>(&'a self, batch: &'a [DenialEvent]) -> BoxFuture<'a, Result<(), String>>;
+/// Where shipped batches go: the gateway's end of [`DenialSource`].
+pub enum DenialSink {
+    /// The admin in this process (the embedded shape).
+    InProcess(mpsc::Sender<Vec<DenialEvent>>),
+    /// A capped Redis stream (`{prefix}denials`).
+    Redis { redis: Redis, key: String },
+}
+
+impl std::fmt::Debug for DenialSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DenialSink::InProcess(_) => "DenialSink::InProcess",
+            DenialSink::Redis { .. } => "DenialSink::Redis",
+        })
+    }
+}
+
+/// Why a batch did not reach the admin side.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the admin side is gone")]
+    AdminGone,
+    #[error("cannot encode a denial: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+}
+
+/// Entries the Redis stream keeps at most (approximately).
+pub const STREAM_MAX_LEN: i64 = 100_000;
+const GROUP: &str = "admin";
+const FIELD: &str = "event";
+
+impl DenialSink {
+    /// The stream on `redis` that [`DenialSource::redis`] reads.
+    pub fn redis(redis: &Redis) -> Self {
+        DenialSink::Redis { redis: redis.clone(), key: redis.key("denials") }
+    }
+
+    pub async fn send(&self, batch: &[DenialEvent]) -> Result<(), SendError> {
+        match self {
+            DenialSink::InProcess(admin) => {
+                admin.send(batch.to_vec()).await.map_err(|_| SendError::AdminGone)
+            }
+            DenialSink::Redis { redis, key } => {
+                let pipeline = redis.client().pipeline();
+                for e in batch {
+                    let json = serde_json::to_string(e)?;
+                    let () = pipeline
+                        .xadd(key.as_str(), false, ("MAXLEN", "~", STREAM_MAX_LEN), "*", vec![(FIELD, json)])
+                        .await
+                        .map_err(RedisError::from)?;
+                }
+                let _: Vec<fred::types::Value> = pipeline.all().await.map_err(RedisError::from)?;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Most events per shipped batch.
@@ -126,11 +178,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 /// Moves recorded denials to `sink` until the queue closes (every recorder
 /// dropped) or `stop` resolves; then flushes what it holds.
-pub async fn ship(
-    mut queue: mpsc::Receiver<DenialEvent>,
-    sink: &dyn DenialSink,
-    stop: impl Future<Output = ()>,
-) {
+pub async fn ship(mut queue: mpsc::Receiver<DenialEvent>, sink: &DenialSink, stop: impl Future<Output = ()>) {
     let mut batch = Vec::new();
     let mut folded = RateLimitFolder::default();
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -161,7 +209,7 @@ pub async fn ship(
     send(sink, &mut batch).await;
 }
 
-async fn send(sink: &dyn DenialSink, batch: &mut Vec<DenialEvent>) {
+async fn send(sink: &DenialSink, batch: &mut Vec<DenialEvent>) {
     if batch.is_empty() {
         return;
     }
@@ -201,51 +249,6 @@ impl RateLimitFolder {
 
     fn drain(&mut self) -> Vec<DenialEvent> {
         self.open.drain().map(|(_, e)| e).collect()
-    }
-}
-
-/// In-process transport (embedded shape).
-pub struct InProcessDenials(pub mpsc::Sender<Vec<DenialEvent>>);
-
-impl DenialSink for InProcessDenials {
-    fn send<'a>(&'a self, batch: &'a [DenialEvent]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(
-            async move { self.0.send(batch.to_vec()).await.map_err(|_| "the admin side is gone".to_owned()) },
-        )
-    }
-}
-
-/// Entries the Redis stream keeps at most (approximately).
-pub const STREAM_MAX_LEN: i64 = 100_000;
-const GROUP: &str = "admin";
-const FIELD: &str = "event";
-
-/// Redis transport: a capped stream (`{prefix}denials`).
-pub struct RedisDenials {
-    redis: Redis,
-    key: String,
-}
-
-impl RedisDenials {
-    pub fn new(redis: &Redis) -> Self {
-        Self { redis: redis.clone(), key: redis.key("denials") }
-    }
-}
-
-impl DenialSink for RedisDenials {
-    fn send<'a>(&'a self, batch: &'a [DenialEvent]) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let pipeline = self.redis.client().pipeline();
-            for e in batch {
-                let json = serde_json::to_string(e).map_err(|e| e.to_string())?;
-                let () = pipeline
-                    .xadd(self.key.as_str(), false, ("MAXLEN", "~", STREAM_MAX_LEN), "*", vec![(FIELD, json)])
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            let _: Vec<fred::types::Value> = pipeline.all().await.map_err(|e| e.to_string())?;
-            Ok(())
-        })
     }
 }
 

@@ -1,5 +1,5 @@
-//! State that every replica must agree on, behind small interfaces with an
-//! in-process backend (embedded mode, tests) and a Redis backend. This is
+//! State that every replica must agree on, each an enum over two backends: an
+//! in-process one (embedded mode, tests) and one on Redis. This is
 //! the only crate that knows Redis (fred).
 //!
 //! - [`limiter`]: token buckets (rate limits), shared across gateways.

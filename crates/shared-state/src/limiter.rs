@@ -24,7 +24,7 @@ use fred::{interfaces::LuaInterface, types::scripts::Script};
 
 use crate::{
     memory::MemoryBuckets,
-    redis::{COMMAND_TIMEOUT, Redis},
+    redis::{COMMAND_TIMEOUT, Redis, RedisError},
 };
 
 /// The Redis side of [`bouncer_core::bucket::take`], line for line. Numbers
@@ -164,7 +164,7 @@ impl RateLimiter {
         }
     }
 
-    async fn take_shared(&self, shared: &Shared, key: &str, limit: &Limit) -> Result<Decision, String> {
+    async fn take_shared(&self, shared: &Shared, key: &str, limit: &Limit) -> Result<Decision, RedisError> {
         // The braces are the hash tag: the whole bucket id picks the shard.
         let prefix = &shared.redis.prefix;
         let mut redis_key = String::with_capacity(prefix.len() + key.len() + 5);
@@ -190,8 +190,8 @@ impl RateLimiter {
         };
         match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(Ok((allowed, ahead))) => Ok(Decision::from_parts(limit, allowed == 1, ahead.max(0) as u64)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {COMMAND_TIMEOUT:?}")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(RedisError::NoAnswer(COMMAND_TIMEOUT)),
         }
     }
 }

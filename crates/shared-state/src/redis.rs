@@ -25,13 +25,16 @@ use fred::{
     },
 };
 
-/// Why a Redis backend could not be set up.
+/// Why a Redis backend could not be set up, or a call to it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("redis URL {url:?} is not valid: {reason}")]
     Url { url: String, reason: String },
     #[error("redis: {0}")]
     Command(#[from] fred::error::Error),
+    /// A call the request path waits for took longer than it may.
+    #[error("redis gave no answer within {0:?}")]
+    NoAnswer(std::time::Duration),
 }
 
 /// Where connection tasks run when the caller is not on a runtime (pingora

@@ -19,8 +19,6 @@
 //! revocations into it.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -39,43 +37,87 @@ use uuid::Uuid;
 
 use crate::redis::{Redis, RedisError};
 
-/// A boxed future, for the async methods of the object-safe trait.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
 /// Revocations published by admin replicas, delivered to every subscriber.
 ///
 /// Delivery is best effort: the store's revocation records are the source of
 /// truth, and a subscriber that lagged or reconnected reloads a snapshot
 /// rather than trusting the stream to be complete.
-pub trait RevocationBus: Send + Sync + 'static {
+///
+/// An enum, like [`DenialSource`](crate::denials::DenialSource) and the
+/// limiter's optional Redis: the crate has exactly two backends and every
+/// caller gets both from one constructor each.
+#[derive(Debug)]
+pub enum RevocationBus {
+    /// One process: admin and gateway share it.
+    InProcess(InProcessBus),
+    /// Across processes, on Redis.
+    Redis(Arc<RedisBus>),
+}
+
+impl RevocationBus {
+    /// The bus of one process.
+    pub fn in_process() -> Self {
+        RevocationBus::InProcess(InProcessBus::default())
+    }
+
+    /// The bus on `redis`; `keep`: how long revocations stay there (at
+    /// least the access token lifetime plus leeway).
+    pub fn redis(redis: Redis, keep: Duration) -> Self {
+        RevocationBus::Redis(Arc::new(RedisBus::new(redis, keep)))
+    }
+
     /// Announces revocations that have been committed. Never blocks.
-    fn publish(&self, revocations: &[Revocation]);
+    pub fn publish(&self, revocations: &[Revocation]) {
+        match self {
+            RevocationBus::InProcess(bus) => bus.publish(revocations),
+            RevocationBus::Redis(bus) => RedisBus::publish(bus, revocations),
+        }
+    }
 
     /// Revocations published from now on (and, on a shared bus, every
     /// snapshot loaded). A receiver that falls more than the channel's
     /// capacity behind gets `RecvError::Lagged` and should call
     /// [`Self::resnapshot`].
-    fn subscribe(&self) -> broadcast::Receiver<Revocation>;
+    pub fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+        match self {
+            RevocationBus::InProcess(bus) => bus.sender.subscribe(),
+            RevocationBus::Redis(bus) => RedisBus::subscribe(bus),
+        }
+    }
 
     /// Whether subscribers have been sent a complete snapshot at least once.
-    fn is_synced(&self) -> bool {
-        true
+    pub fn is_synced(&self) -> bool {
+        match self {
+            RevocationBus::InProcess(_) => true,
+            RevocationBus::Redis(bus) => bus.synced.load(Ordering::SeqCst),
+        }
     }
 
     /// Asks for the current set to be sent to subscribers again.
-    fn resnapshot(&self) {}
+    pub fn resnapshot(&self) {
+        if let RevocationBus::Redis(bus) = self {
+            bus.resnapshot.notify_one();
+        }
+    }
 
     /// Resolves when the shared record may have missed revocations (first
     /// start, a reconnect, a failed publish): the admin then [`Self::record`]s
     /// the store's recent ones again. In-process: never.
-    fn resync_wanted(&self) -> BoxFuture<'_, ()> {
-        Box::pin(std::future::pending())
+    pub async fn resync_wanted(&self) {
+        match self {
+            RevocationBus::InProcess(_) => std::future::pending().await,
+            RevocationBus::Redis(bus) => bus.resync_wanted().await,
+        }
     }
 
     /// Writes revocations to the shared record and marks it recorded;
-    /// announces those it did not hold yet.
-    fn record<'a>(&'a self, _revocations: &'a [Revocation]) -> BoxFuture<'a, Result<(), RedisError>> {
-        Box::pin(async { Ok(()) })
+    /// announces those it did not hold yet. In-process there is no record
+    /// beyond the store.
+    pub async fn record(&self, revocations: &[Revocation]) -> Result<(), RedisError> {
+        match self {
+            RevocationBus::InProcess(_) => Ok(()),
+            RevocationBus::Redis(bus) => bus.record_now(revocations).await,
+        }
     }
 }
 
@@ -94,16 +136,12 @@ impl Default for InProcessBus {
     }
 }
 
-impl RevocationBus for InProcessBus {
+impl InProcessBus {
     fn publish(&self, revocations: &[Revocation]) {
         for revocation in revocations {
             // No subscriber yet is fine: the records are in the store.
             let _ = self.sender.send(revocation.clone());
         }
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Revocation> {
-        self.sender.subscribe()
     }
 }
 
@@ -186,8 +224,8 @@ impl RedisBus {
     }
 }
 
-impl RevocationBus for Arc<RedisBus> {
-    fn publish(&self, revocations: &[Revocation]) {
+impl RedisBus {
+    fn publish(self: &Arc<Self>, revocations: &[Revocation]) {
         if revocations.is_empty() {
             return;
         }
@@ -204,7 +242,7 @@ impl RevocationBus for Arc<RedisBus> {
         });
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+    fn subscribe(self: &Arc<Self>) -> broadcast::Receiver<Revocation> {
         let receiver = self.sender.subscribe();
         if !self.subscriber_started.swap(true, Ordering::SeqCst) {
             crate::redis::spawn(run_subscriber(self.clone()));
@@ -212,15 +250,7 @@ impl RevocationBus for Arc<RedisBus> {
         receiver
     }
 
-    fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::SeqCst)
-    }
-
-    fn resnapshot(&self) {
-        self.resnapshot.notify_one();
-    }
-
-    fn resync_wanted(&self) -> BoxFuture<'_, ()> {
+    async fn resync_wanted(&self) {
         if !self.resync_watch_started.swap(true, Ordering::SeqCst) {
             // The command connection coming back means Redis may have
             // restarted empty, or missed publishes while away.
@@ -232,11 +262,7 @@ impl RevocationBus for Arc<RedisBus> {
                 }
             });
         }
-        Box::pin(self.resync.notified())
-    }
-
-    fn record<'a>(&'a self, revocations: &'a [Revocation]) -> BoxFuture<'a, Result<(), RedisError>> {
-        Box::pin(self.record_now(revocations))
+        self.resync.notified().await
     }
 }
 
@@ -354,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_subscriber_sees_what_is_published_after_it_subscribed() {
-        let bus = InProcessBus::default();
+        let bus = RevocationBus::in_process();
         let at = datetime!(2026-01-01 00:00 UTC);
         bus.publish(&[Revocation::user(Uuid::from_u128(9), at, RevokeReason::Banned)]);
         let (mut a, mut b) = (bus.subscribe(), bus.subscribe());

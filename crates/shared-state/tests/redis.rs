@@ -1,7 +1,7 @@
 //! The Redis backends against real, private `redis-server` processes (a
 //! single node, and a 3-master Cluster), including Redis dying mid-use.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bouncer_core::{
     bucket::{self, Limit},
@@ -9,8 +9,8 @@ use bouncer_core::{
     revocation::{Revocation, RevokeReason},
 };
 use bouncer_shared_state::{
-    Redis, RedisBus, RevocationBus,
-    denials::{DenialEvent, DenialRecorder, DenialSink, DenialSource, RedisDenials, ship},
+    Redis, RevocationBus,
+    denials::{DenialEvent, DenialRecorder, DenialSink, DenialSource, ship},
     limiter::{RateLimiter, Verdict},
     testing::{RedisCluster, RedisServer},
 };
@@ -129,8 +129,8 @@ async fn next_revocation(rx: &mut broadcast::Receiver<Revocation>) -> Revocation
 async fn revocations_fan_out_and_late_or_reconnecting_subscribers_load_the_snapshot() {
     let mut server = RedisServer::start();
     let url = server.url();
-    let admin = Arc::new(RedisBus::new(connect(&url).await, Duration::from_secs(3600)));
-    let gateway = Arc::new(RedisBus::new(connect(&url).await, Duration::from_secs(3600)));
+    let admin = RevocationBus::redis(connect(&url).await, Duration::from_secs(3600));
+    let gateway = RevocationBus::redis(connect(&url).await, Duration::from_secs(3600));
     let mut early = gateway.subscribe();
     // An empty Redis is not a complete snapshot until an admin has recorded
     // the store's revocations in it (as every admin does when it starts).
@@ -150,7 +150,7 @@ async fn revocations_fan_out_and_late_or_reconnecting_subscribers_load_the_snaps
     assert_eq!(next_revocation(&mut early).await, ban, "published revocations reach subscribers");
 
     // A gateway started after the ban learns it from the snapshot.
-    let late_bus = Arc::new(RedisBus::new(connect(&url).await, Duration::from_secs(3600)));
+    let late_bus = RevocationBus::redis(connect(&url).await, Duration::from_secs(3600));
     let mut late = late_bus.subscribe();
     assert_eq!(next_revocation(&mut late).await, ban);
 
@@ -204,8 +204,7 @@ async fn denials_travel_the_stream_and_unacknowledged_ones_come_back() {
         recorder.record(denial(429, Some("user:x")));
     }
     drop(recorder);
-    let sink = RedisDenials::new(&redis);
-    ship(queue, &sink as &dyn DenialSink, std::future::pending()).await;
+    ship(queue, &DenialSink::redis(&redis), std::future::pending()).await;
 
     let mut source = DenialSource::redis(&redis, "admin-1").await.expect("join the group");
     let first = source.next().await.unwrap().expect("a batch");
