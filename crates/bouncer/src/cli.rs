@@ -12,7 +12,12 @@ use bouncer_admin::{
     passwords::Passwords,
     service::{self, Migrations, Topology},
 };
-use bouncer_core::{audit::AuditContext, config::Config, email::Email, routes::RouteTable};
+use bouncer_core::{
+    audit::AuditContext,
+    config::{AccessLogFormat, Config},
+    email::Email,
+    routes::RouteTable,
+};
 use bouncer_gateway::SharedState;
 use bouncer_store::{NewUser, Store, StoreError, UserOrigin};
 use clap::{Args, Parser, Subcommand};
@@ -158,8 +163,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Admin { config, no_migrate } => run_admin(config.load()?, !no_migrate),
         Command::Migrate { config } => migrate(config.load()?),
-        Command::Gateway { config } => run_gateway(config.load()?),
-        Command::Up { config } => crate::up::run(config.load()?),
+        Command::Gateway { config } => run_gateway(config.load()?, cli.log_format.into()),
+        Command::Up { config } => crate::up::run(config.load()?, cli.log_format.into()),
         Command::Echo { listen } => crate::echo::run(listen),
         Command::User { command: UserCommand::Add { config, email, roles, password_stdin } } => {
             add_user(config.load()?, &email, roles, password_stdin)
@@ -246,10 +251,11 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
 
 /// Runs the gateway until a signal stops it; pingora owns the process from
 /// here (its own runtimes, signal handling and exit).
-fn run_gateway(config: Config) -> anyhow::Result<()> {
+fn run_gateway(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
     let shared = SharedState::redis(&config)?;
     let jwks = bouncer_gateway::jwks::Jwks::new(&config.gateway.jwks_url);
-    let (gateway, denials) = bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks)?;
+    let (gateway, denials) =
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks, log_format)?;
     let drain = gateway.drain.clone();
     let server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");

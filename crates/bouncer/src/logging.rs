@@ -14,6 +14,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// The gateway's access log writes in the process's format unless its
+/// configuration names one.
+impl From<LogFormat> for bouncer_core::config::AccessLogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Text => Self::Text,
+            LogFormat::Json => Self::Json,
+        }
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

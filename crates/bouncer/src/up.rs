@@ -13,7 +13,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
 use bouncer_admin::service::{self, GatewayHooks, LocalGateway, Migrations, Topology};
-use bouncer_core::{config::Config, revocation::Revocation};
+use bouncer_core::{
+    config::{AccessLogFormat, Config},
+    revocation::Revocation,
+};
 use bouncer_gateway::{
     SharedState,
     jwks::{Jwks, LocalJwks},
@@ -33,7 +36,7 @@ use tokio::sync::Mutex;
 /// Name of the upstream `bouncer up` serves itself with the echo app.
 pub const ECHO_UPSTREAM: &str = "echo";
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
     let (shared, denial_source) = match &config.redis {
         Some(_) => {
             let shared = SharedState::redis(&config)?;
@@ -56,7 +59,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let bus = shared.bus.clone();
     // The admin below hands its key ring over before it listens.
     let (gateway, denials) =
-        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), Jwks::in_process())?;
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), Jwks::in_process(), log_format)?;
     let echo = gateway
         .pipeline
         .table

@@ -48,6 +48,9 @@ pub enum SetupError {
     /// A second key ring was handed over.
     #[error("keys were installed already")]
     KeysInstalledAlready,
+    /// The access log's file cannot be opened (or its writer started).
+    #[error("gateway.access_log.path: cannot open {path}: {error}")]
+    AccessLog { path: String, error: std::io::Error },
     /// The in-process admin's key ring does not read as a JWKS.
     #[error("the admin's key ring is not a JWKS: {0}")]
     KeyRing(serde_json::Error),

@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bouncer_core::{
     claims::Expectations,
-    config::{Config, GatewayConfig},
+    config::{AccessLogFormat, Config, GatewayConfig},
     revocation::Revocation,
 };
 use bouncer_shared_state::{
@@ -44,8 +44,8 @@ use pingora::{
 };
 use tokio::sync::{Mutex, broadcast, mpsc};
 
+use crate::{access_log::AccessLog, jwks::Jwks, proxy::Gateway, revocations::RevocationSet};
 pub use crate::{error::SetupError, table::load_routes};
-use crate::{jwks::Jwks, proxy::Gateway, revocations::RevocationSet};
 
 /// What the gateway shares: with the other replicas through Redis, or
 /// (embedded) with the admin service in its own process.
@@ -90,8 +90,12 @@ pub fn build(
     config: &GatewayConfig,
     limiter: Arc<RateLimiter>,
     jwks: Jwks,
+    log_format: AccessLogFormat,
 ) -> Result<(Gateway, mpsc::Receiver<DenialEvent>), SetupError> {
     let table = load_routes(&config.routes)?;
+    let access_log = AccessLog::start(&config.access_log, log_format)
+        .map(Arc::new)
+        .map_err(|error| SetupError::AccessLog { path: config.access_log.path.clone(), error })?;
     let (recorder, denial_queue) = DenialRecorder::new();
     let denials = Arc::new(recorder);
     let jwks = Arc::new(jwks);
@@ -102,6 +106,7 @@ pub fn build(
         limiter: limiter.clone(),
         denials: denials.clone(),
         revocations: revocations.clone(),
+        access_log: access_log.clone(),
     });
     let pipeline = decision::Pipeline {
         table: Arc::new(ArcSwap::from_pointee(table)),
@@ -117,6 +122,7 @@ pub fn build(
         trusted_proxies: config.trusted_proxies.clone(),
         metrics: Arc::new(metrics),
         denials,
+        access_log,
         drain: Arc::default(),
     };
     Ok((gateway, denial_queue))
@@ -149,6 +155,27 @@ impl BackgroundService for ShipDenials {
         };
         bouncer_shared_state::denials::ship(queue, &sink, stop).await;
         drop(sink);
+        drop(finishing);
+    }
+}
+
+/// Writes out the access log's queued lines once the last request has
+/// logged, before the stop (which waits for it) lets the process exit.
+struct FlushAccessLog(Mutex<Option<(Arc<AccessLog>, drain::Finishing)>>);
+
+/// How long the stop waits for the access log's last lines.
+const ACCESS_LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[async_trait]
+impl BackgroundService for FlushAccessLog {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some((log, finishing)) = self.0.lock().await.take() else { return };
+        tokio::select! {
+            () = finishing.requests_over() => {}
+            _ = shutdown.changed() => {}
+        }
+        // A blocking wait, on a thread of the blocking pool.
+        let _ = tokio::task::spawn_blocking(move || log.flush(ACCESS_LOG_FLUSH)).await;
         drop(finishing);
     }
 }
@@ -188,6 +215,8 @@ pub fn server(
     let shipper =
         ShipDenials(Mutex::new(Some(Shipping { queue: denial_queue, sink: shared.denial_sink, finishing })));
     server.add_service(background_service("denials", shipper));
+    let flush = FlushAccessLog(Mutex::new(Some((gateway.access_log.clone(), gateway.drain.finishing()))));
+    server.add_service(background_service("access-log", flush));
     let reloader = reload::RouteReloader {
         path: config.routes.clone(),
         table: gateway.pipeline.table.clone(),

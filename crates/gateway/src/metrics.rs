@@ -17,7 +17,7 @@ use prometheus_client::{
 use bouncer_shared_state::{denials::DenialRecorder, limiter::RateLimiter};
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::{jwks::Jwks, reload::ReloadStats, revocations::RevocationSet};
+use crate::{access_log::AccessLog, jwks::Jwks, reload::ReloadStats, revocations::RevocationSet};
 
 /// Where the counters kept elsewhere live; mirrored at scrape time.
 pub struct Sources {
@@ -26,6 +26,7 @@ pub struct Sources {
     pub limiter: Arc<RateLimiter>,
     pub denials: Arc<DenialRecorder>,
     pub revocations: Arc<RevocationSet>,
+    pub access_log: Arc<AccessLog>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +52,7 @@ pub struct GatewayMetrics {
     fallbacks: Counter,
     degraded: Gauge,
     denials_dropped: Counter,
+    access_log_dropped: Counter,
     revocations_ready: Gauge,
     sources: Sources,
 }
@@ -99,6 +101,12 @@ impl GatewayMetrics {
             "Denials not sent to the audit stream because its queue was full",
             denials_dropped.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines not written because the writer's queue was full",
+            access_log_dropped.clone(),
+        );
         let revocations_ready = Gauge::default();
         registry.register(
             "revocations_ready",
@@ -115,6 +123,7 @@ impl GatewayMetrics {
             fallbacks,
             degraded,
             denials_dropped,
+            access_log_dropped,
             revocations_ready,
             sources,
         }
@@ -148,6 +157,7 @@ impl GatewayMetrics {
         catch_up(&self.store_errors, s.limiter.stats.store_errors.load(Ordering::Relaxed));
         catch_up(&self.fallbacks, s.limiter.stats.fallbacks.load(Ordering::Relaxed));
         catch_up(&self.denials_dropped, s.denials.dropped.load(Ordering::Relaxed));
+        catch_up(&self.access_log_dropped, s.access_log.dropped.load(Ordering::Relaxed));
         self.degraded.set(i64::from(s.limiter.stats.degraded()));
         self.revocations_ready.set(i64::from(s.revocations.is_ready()));
         let mut out = String::new();

@@ -38,6 +38,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
+    access_log::{AccessLog, Entry},
     decision::{Admit, Decided, Facts, Pipeline},
     drain::{Drain, InFlight},
     identity::X_FORWARDED_FOR,
@@ -60,6 +61,7 @@ pub struct Gateway {
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Arc<GatewayMetrics>,
     pub denials: Arc<DenialRecorder>,
+    pub access_log: Arc<AccessLog>,
     /// In-flight requests, for a graceful stop.
     pub drain: Arc<Drain>,
 }
@@ -277,20 +279,21 @@ impl ProxyHttp for Gateway {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
         let micros = elapsed.as_micros() as u64;
-        let facts = &ctx.facts;
+        let facts = &mut ctx.facts;
         self.metrics.observe(facts.route.as_deref().unwrap_or("-"), status, ctx.decision, elapsed);
-        tracing::info!(
-            target: "bouncer::access",
-            request_id = %ctx.request_id,
-            method = %session.req_header().method,
-            route = facts.route.as_deref().unwrap_or("-"),
+        // The request is over: its strings move into the entry, and the
+        // writer's thread does the formatting.
+        self.access_log.record(Entry {
+            at: std::time::SystemTime::now(),
+            request_id: std::mem::take(&mut ctx.request_id),
+            method: session.req_header().method.clone(),
+            route: facts.route.take(),
             status,
-            decision = ctx.decision,
-            user_id = facts.identity.as_ref().map(|c| c.sub.to_string()).unwrap_or_default(),
-            client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            decision: ctx.decision,
+            user_id: facts.identity.as_ref().map(|c| c.sub),
+            client: ctx.client_ip,
             micros,
-            "request"
-        );
+        });
     }
 }
 

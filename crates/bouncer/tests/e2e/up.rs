@@ -184,6 +184,20 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     assert!(status.success(), "exit status {status}");
     let logs = logs.await.unwrap();
     assert!(logs.contains("No admin user yet"), "first start explains how to create an admin");
+    let access_lines: Vec<&str> = logs.lines().filter(|l| l.contains(" bouncer::access: ")).collect();
+    let user_field = format!("user_id={}", user["id"].as_str().unwrap());
+    assert!(
+        access_lines
+            .iter()
+            .any(|l| l.contains("route=api status=200 decision=forwarded") && l.contains(&user_field)),
+        "an access line for the forwarded /api request, with the user: {access_lines:#?}"
+    );
+    assert!(!logs.contains(&access_token_fragment(&access)), "no token in the logs");
+    let last = access_lines.last().copied().unwrap_or_default();
+    assert!(
+        last.contains("route=limited status=429 decision=rate_limited"),
+        "the stop writes out the last request's line, got {last:?}"
+    );
 
     // A restart on the same SQLite file keeps users, keys and the audit chain.
     let jwks_before = std::fs::read_dir(dir.path().join("keys")).unwrap().count();
@@ -240,6 +254,98 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
         String::from_utf8_lossy(&verify.stderr)
     );
     assert!(out.contains("audit chain intact"), "{out}");
+}
+
+/// The signature part of a JWT: what would make a leaked log line usable.
+fn access_token_fragment(token: &str) -> String {
+    token.rsplit('.').next().unwrap_or(token).to_owned()
+}
+
+/// `gateway.access_log` to a file in JSON: one line per request with the
+/// documented fields; a file moved away (logrotate) is reopened by name;
+/// nothing was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_goes_to_its_file_and_follows_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (gateway_port, metrics_port) = (ports.gateway, ports.metrics);
+    let config = ports.write_config(
+        dir.path(),
+        &format!(
+            "upstreams:\n  echo: {{ targets: [127.0.0.1:{}] }}\nroutes:\n  - {{ name: open, path: /open/**, upstream: echo, auth: none }}\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n",
+            ports.echo
+        ),
+    );
+    let log_path = dir.path().join("access.log");
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str(&format!("  access_log:\n    format: json\n    path: {}\n", log_path.display()));
+    std::fs::write(&config, yaml).unwrap();
+    let mut up = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut pipe = up.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text).await;
+        text
+    });
+    let gw = format!("http://127.0.0.1:{gateway_port}");
+    let http = reqwest::Client::new();
+    // Ready once the keys are in: a bad token is then a 401, not a 503.
+    let ready = within(Duration::from_secs(30), async || {
+        let r = http.get(format!("{gw}/api/x")).bearer_auth("not.a.token").header("x-request-id", "req-42");
+        r.send().await.is_ok_and(|r| r.status() == 401)
+    })
+    .await;
+    assert!(ready.is_some(), "bouncer up did not start");
+
+    let lines = |path: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+            .collect()
+    };
+    let logged = within(Duration::from_secs(5), async || {
+        lines(&log_path).iter().any(|l| l["request_id"] == "req-42" && l["status"] == 401)
+    })
+    .await;
+    assert!(logged.is_some(), "the 401 was not logged within 5 s: {:?}", lines(&log_path));
+    let line = lines(&log_path).into_iter().rev().find(|l| l["request_id"] == "req-42").unwrap();
+    assert_eq!(
+        (&line["method"], &line["route"], &line["status"], &line["decision"], &line["target"]),
+        (&json!("GET"), &json!("api"), &json!(401), &json!("invalid_token"), &json!("bouncer::access")),
+        "{line}"
+    );
+    assert!(line["micros"].is_u64() && line["timestamp"].is_string(), "{line}");
+    assert!(!std::fs::read_to_string(&log_path).unwrap().contains("not.a.token"), "no token in the log");
+
+    // logrotate moves the file away: the next lines go to a new file by the same name.
+    std::fs::rename(&log_path, dir.path().join("access.log.1")).unwrap();
+    let reopened = within(Duration::from_secs(10), async || {
+        let _ = http.get(format!("{gw}/open/after-rotation")).send().await;
+        lines(&log_path).iter().any(|l| l["route"] == "open")
+    })
+    .await;
+    assert!(reopened.is_some(), "no new access.log within 10 s of the rotation");
+
+    let metrics = http.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "bouncer_gateway_access_log_dropped_total 0"),
+        "the dropped-lines counter is exported, at 0: {metrics}"
+    );
+    signal(&up, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "exit status {status}");
+    let stderr = stderr.await.unwrap();
+    assert!(!stderr.contains("bouncer::access"), "access lines went to the file only: {stderr}");
 }
 
 /// As soon as the admin answers `/healthz` and the gateway's port accepts,
