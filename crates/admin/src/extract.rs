@@ -141,10 +141,13 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     bouncer_core::client_ip::client_ip(peer, lines, trusted)
 }
 
-/// A caller authenticated by a valid, unrevoked access token.
+/// A user authenticated by a valid, unrevoked access token of a live
+/// session. A service client's token is refused here: the admin API acts
+/// for people (and the CLI); clients call the APIs behind the gateway.
 #[derive(Clone, Debug)]
 pub struct Authenticated {
     pub user: User,
+    pub session_id: uuid::Uuid,
     pub claims: AccessClaims,
 }
 
@@ -158,8 +161,10 @@ impl FromRequestParts<AppState> for Authenticated {
             .keys
             .verify(token, &state.expectations, now)
             .map_err(|e| ApiError::InvalidToken(e.reason()))?;
+        let session_id =
+            claims.sid.ok_or(ApiError::InvalidToken("a service client's token, not a user's"))?;
         let (session, user) =
-            state.store.session(claims.sid).await?.ok_or(ApiError::InvalidToken("unknown session"))?;
+            state.store.session(session_id).await?.ok_or(ApiError::InvalidToken("unknown session"))?;
         if session.user_id != claims.sub {
             return Err(ApiError::InvalidToken("session belongs to another user"));
         }
@@ -172,7 +177,7 @@ impl FromRequestParts<AppState> for Authenticated {
         if user.token_revoked(claims.iat) {
             return Err(ApiError::InvalidToken("issued before the user's revoked-before time"));
         }
-        Ok(Authenticated { user, claims })
+        Ok(Authenticated { user, session_id, claims })
     }
 }
 

@@ -19,17 +19,24 @@ pub const LEEWAY: Duration = Duration::from_secs(30);
 /// Largest token a verifier will look at, in bytes, before any crypto.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// The claims of a Bouncer access token.
+/// The claims of a Bouncer access token: a user's (with a session and an
+/// email) or a service client's (`client_id`, RFC 9068 §2.2; neither of
+/// the others).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
     pub iss: String,
     pub aud: Audience,
-    /// The user id.
+    /// The user id, or the client id.
     pub sub: Uuid,
-    /// The session (refresh-token family) this token was minted for.
-    pub sid: Uuid,
+    /// The session (refresh-token family) a user's token was minted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
     pub roles: Vec<String>,
-    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Set (to `sub`) on a client-credentials token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Uuid>,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
@@ -89,6 +96,17 @@ pub struct NewAccessToken<'a> {
     pub jti: Uuid,
 }
 
+/// Inputs for a new client-credentials access token.
+#[derive(Clone, Debug)]
+pub struct NewClientToken<'a> {
+    pub issuer: &'a str,
+    pub audience: &'a str,
+    pub client_id: Uuid,
+    pub roles: &'a [String],
+    pub ttl: Duration,
+    pub jti: Uuid,
+}
+
 impl AccessClaims {
     /// Builds the claims of a token valid from `now` for `ttl`.
     pub fn issue(new: NewAccessToken<'_>, now: OffsetDateTime) -> Self {
@@ -97,9 +115,29 @@ impl AccessClaims {
             iss: new.issuer.to_owned(),
             aud: Audience::One(new.audience.to_owned()),
             sub: new.user_id,
-            sid: new.session_id,
+            sid: Some(new.session_id),
             roles: new.roles.to_vec(),
-            email: new.email.to_owned(),
+            email: Some(new.email.to_owned()),
+            client_id: None,
+            iat,
+            nbf: iat,
+            exp: iat.saturating_add(new.ttl.as_secs() as i64),
+            jti: new.jti,
+        }
+    }
+
+    /// Builds the claims of a client-credentials token valid from `now`
+    /// for `ttl`, acting with `roles` (the granted scope).
+    pub fn issue_client(new: NewClientToken<'_>, now: OffsetDateTime) -> Self {
+        let iat = now.unix_timestamp();
+        Self {
+            iss: new.issuer.to_owned(),
+            aud: Audience::One(new.audience.to_owned()),
+            sub: new.client_id,
+            sid: None,
+            roles: new.roles.to_vec(),
+            email: None,
+            client_id: Some(new.client_id),
             iat,
             nbf: iat,
             exp: iat.saturating_add(new.ttl.as_secs() as i64),
@@ -139,6 +177,7 @@ impl AccessClaims {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use time::macros::datetime;
 
     fn expect() -> Expectations {
@@ -174,7 +213,31 @@ mod tests {
             assert!(json.get(claim).is_some(), "missing claim {claim}");
         }
         assert_eq!(json["aud"], "bouncer");
+        assert!(json.get("client_id").is_none(), "a user's token names no client: {json}");
         assert_eq!(c.expires_in(now), 900);
+    }
+
+    #[test]
+    fn a_client_token_has_client_id_and_no_session_or_email() {
+        let now = datetime!(2026-01-01 00:00 UTC);
+        let client = Uuid::from_u128(7);
+        let c = AccessClaims::issue_client(
+            NewClientToken {
+                issuer: "http://idp",
+                audience: "bouncer",
+                client_id: client,
+                roles: &["service".to_owned()],
+                ttl: Duration::from_secs(600),
+                jti: Uuid::nil(),
+            },
+            now,
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!((&json["sub"], &json["client_id"]), (&json!(client), &json!(client)));
+        assert!(json.get("sid").is_none() && json.get("email").is_none(), "{json}");
+        assert_eq!(c.validate(&expect(), now), Ok(()));
+        // And it reads back as the same claims (what every verifier does).
+        assert_eq!(serde_json::from_value::<AccessClaims>(json).unwrap(), c);
     }
 
     #[test]

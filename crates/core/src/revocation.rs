@@ -139,6 +139,17 @@ impl Revocation {
         all
     }
 
+    /// What deleting a service client writes: its revoked-before time at
+    /// the start of the next whole second, so it kills every token with
+    /// `iat` up to the second of the deletion. A client's tokens have no
+    /// session to revoke by id, so one minted in that second would
+    /// otherwise survive (`iat` has whole seconds); and a deleted client
+    /// can never mint another, so nothing valid is lost.
+    pub fn of_client(client_id: Uuid, at: OffsetDateTime, reason: RevokeReason) -> Self {
+        let whole = at.replace_nanosecond(0).unwrap_or(at);
+        Self::user(client_id, whole + time::Duration::SECOND, reason)
+    }
+
     /// Whether this revocation kills a token of `user_id` in `session_id`
     /// issued at `iat` (Unix seconds).
     pub fn kills(&self, user_id: Uuid, session_id: Uuid, iat: i64) -> bool {
@@ -169,6 +180,17 @@ mod tests {
         assert!(session.kills(u, s, i64::MAX));
         assert!(!session.kills(u, Uuid::from_u128(4), 0));
         assert_eq!(RevocationKind::parse(RevocationKind::Session.as_str()), Some(RevocationKind::Session));
+    }
+
+    #[test]
+    fn a_client_deletion_kills_tokens_of_its_own_second() {
+        let c = Uuid::from_u128(7);
+        for at in [datetime!(2026-01-01 00:00:10 UTC), datetime!(2026-01-01 00:00:10.999 UTC)] {
+            let r = Revocation::of_client(c, at, RevokeReason::ClientDeleted);
+            assert!(r.kills(c, Uuid::nil(), 10), "a token of the deletion's second, deleted at {at}");
+            assert!(r.kills(c, Uuid::nil(), 9));
+            assert!(!r.kills(Uuid::from_u128(8), Uuid::nil(), 9), "another subject");
+        }
     }
 
     #[test]

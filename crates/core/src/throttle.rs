@@ -96,13 +96,33 @@ pub enum AttemptEnd<'a> {
     /// A password change with the right current password (audited with
     /// the change itself).
     RightCurrentPassword,
+    /// `POST /oauth/token` with a wrong secret, or naming no client.
+    WrongClientSecret {
+        client: Option<Uuid>,
+    },
+    /// The right client secret, but a scope beyond the client's roles:
+    /// no guess, so forgiven, and refused.
+    ScopeRefused {
+        client: Uuid,
+    },
+    /// The right client secret: a token is issued with `scope`.
+    ClientAuthenticated {
+        client: Uuid,
+        scope: &'a [String],
+    },
 }
 
 impl AttemptEnd<'_> {
     /// Whether the attempt's reserved failure rows are deleted: the right
     /// password was no guess, whatever happens next.
     pub fn forgiven(&self) -> bool {
-        matches!(self, AttemptEnd::Banned { .. } | AttemptEnd::RightCurrentPassword)
+        matches!(
+            self,
+            AttemptEnd::Banned { .. }
+                | AttemptEnd::RightCurrentPassword
+                | AttemptEnd::ScopeRefused { .. }
+                | AttemptEnd::ClientAuthenticated { .. }
+        )
     }
 
     /// What the audit log records for it, if anything.
@@ -119,6 +139,13 @@ impl AttemptEnd<'_> {
             }
             AttemptEnd::WrongCurrentPassword { user } => Audited::PasswordChangeRefused { user },
             AttemptEnd::RightCurrentPassword => return None,
+            AttemptEnd::WrongClientSecret { client } => {
+                Audited::TokenRefused { client, reason: "invalid_client" }
+            }
+            AttemptEnd::ScopeRefused { client } => {
+                Audited::TokenRefused { client: Some(client), reason: "invalid_scope" }
+            }
+            AttemptEnd::ClientAuthenticated { client, scope } => Audited::TokenIssued { client, scope },
         })
     }
 }
@@ -162,7 +189,7 @@ mod tests {
     }
 
     #[test]
-    fn only_a_right_password_is_forgiven() {
+    fn only_a_right_password_or_secret_is_forgiven() {
         let user = Uuid::from_u128(1);
         let k = "a@example.com";
         let ends = [
@@ -175,6 +202,17 @@ mod tests {
             (AttemptEnd::Banned { user, email_key: k }, true, Some(crate::audit::Action::LoginFailed)),
             (AttemptEnd::WrongCurrentPassword { user }, false, Some(crate::audit::Action::PasswordChanged)),
             (AttemptEnd::RightCurrentPassword, true, None),
+            (
+                AttemptEnd::WrongClientSecret { client: None },
+                false,
+                Some(crate::audit::Action::OAuthTokenIssued),
+            ),
+            (AttemptEnd::ScopeRefused { client: user }, true, Some(crate::audit::Action::OAuthTokenIssued)),
+            (
+                AttemptEnd::ClientAuthenticated { client: user, scope: &[] },
+                true,
+                Some(crate::audit::Action::OAuthTokenIssued),
+            ),
         ];
         for (end, forgiven, action) in ends {
             assert_eq!((end.forgiven(), end.audited().map(|a| a.action())), (forgiven, action), "{end:?}");

@@ -198,7 +198,7 @@ impl Pipeline {
                 return Err(Denial::InvalidToken);
             }
         };
-        let printable = identity::safe_header_value(&claims.email)
+        let printable = claims.email.as_deref().is_none_or(identity::safe_header_value)
             && claims.roles.iter().all(|r| identity::safe_header_value(r));
         if !printable {
             return Err(Denial::UnsafeClaims);

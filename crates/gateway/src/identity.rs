@@ -70,13 +70,17 @@ impl IdentityNames {
 
     /// The identity headers the upstream gets for a verified caller:
     /// subject, email and roles (comma-separated), under the configured
-    /// names. Built on every forward attempt (a retry sends them again).
-    pub fn injected(&self, claims: &AccessClaims) -> [(HeaderName, String); 3] {
+    /// names; a service client has no email, so it gets no email header
+    /// (the client's copy is stripped all the same). Built on every forward
+    /// attempt (a retry sends them again).
+    pub fn injected(&self, claims: &AccessClaims) -> impl Iterator<Item = (HeaderName, String)> {
         [
-            (self.user_id.clone(), claims.sub.to_string()),
-            (self.email.clone(), claims.email.clone()),
-            (self.roles.clone(), claims.roles.join(",")),
+            Some((self.user_id.clone(), claims.sub.to_string())),
+            claims.email.clone().map(|email| (self.email.clone(), email)),
+            Some((self.roles.clone(), claims.roles.join(","))),
         ]
+        .into_iter()
+        .flatten()
     }
 
     /// Whether a header name is an identity or re-routing header in any

@@ -74,10 +74,12 @@ impl RevocationSet {
         }
     }
 
-    /// Whether a token of `user` in `session` issued at `iat` is revoked.
-    pub fn is_revoked(&self, user: Uuid, session: Uuid, iat: i64) -> bool {
+    /// Whether a token of `user` (a user or a client) in `session` (a
+    /// user's; clients have none) issued at `iat` is revoked.
+    pub fn is_revoked(&self, user: Uuid, session: Option<Uuid>, iat: i64) -> bool {
         let e = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        e.sessions.contains_key(&session) || e.users.get(&user).is_some_and(|&before| iat < before)
+        session.is_some_and(|s| e.sessions.contains_key(&s))
+            || e.users.get(&user).is_some_and(|&before| iat < before)
     }
 
     /// Forgets entries older than `max_token_age` before `now`.
@@ -152,14 +154,15 @@ mod tests {
         let at = datetime!(2026-01-01 00:00:10 UTC);
         set.apply(&Revocation::user(u, at, RevokeReason::Banned));
         set.apply(&Revocation::session(s, other, at, RevokeReason::Logout));
-        assert!(set.is_revoked(u, Uuid::from_u128(9), at.unix_timestamp() - 1));
-        assert!(
-            !set.is_revoked(u, Uuid::from_u128(9), at.unix_timestamp()),
-            "tokens minted after stay valid"
-        );
-        assert!(set.is_revoked(other, s, i64::MAX));
-        assert!(!set.is_revoked(other, Uuid::from_u128(8), 0));
+        let some = |n: u128| Some(Uuid::from_u128(n));
+        assert!(set.is_revoked(u, some(9), at.unix_timestamp() - 1));
+        assert!(!set.is_revoked(u, some(9), at.unix_timestamp()), "tokens minted after stay valid");
+        // A client's token (no session) is revoked by its subject alone.
+        assert!(set.is_revoked(u, None, at.unix_timestamp() - 1));
+        assert!(!set.is_revoked(other, None, i64::MAX), "a session revocation touches no client token");
+        assert!(set.is_revoked(other, Some(s), i64::MAX));
+        assert!(!set.is_revoked(other, some(8), 0));
         set.prune(at + Duration::from_secs(3600), Duration::from_secs(900));
-        assert!(!set.is_revoked(other, s, 0), "entries older than any live token are forgotten");
+        assert!(!set.is_revoked(other, Some(s), 0), "entries older than any live token are forgotten");
     }
 }

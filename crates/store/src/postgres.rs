@@ -1050,7 +1050,7 @@ impl Store for PgStore {
             .map_err(pg_err)?
             .ok_or(StoreError::NotFound)?
             .get(0);
-        let revocations = vec![Revocation::user(id, now, RevokeReason::ClientDeleted)];
+        let revocations = vec![Revocation::of_client(id, now, RevokeReason::ClientDeleted)];
         record_revocations(&tx, &revocations).await?;
         append(&tx, &[Audited::ClientDeleted { client: id, name: &name }.event(ctx, now)]).await?;
         tx.commit().await.map_err(pg_err)?;

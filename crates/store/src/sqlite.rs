@@ -1086,7 +1086,7 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(sqlite_err)?
                 .ok_or(StoreError::NotFound)?;
-            let revocations = vec![Revocation::user(id, now, RevokeReason::ClientDeleted)];
+            let revocations = vec![Revocation::of_client(id, now, RevokeReason::ClientDeleted)];
             record_revocations(&tx, &revocations)?;
             append(&tx, &[Audited::ClientDeleted { client: id, name: &name }.event(&ctx, now)])?;
             tx.commit().map_err(sqlite_err)?;

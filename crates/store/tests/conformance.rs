@@ -797,7 +797,7 @@ async fn clients_are_created_rotated_with_overlap_and_deleted(store: Arc<dyn Sto
 
     // Deleting revokes its tokens like a user's and leaves the audit trail.
     let revoked = store.delete_client(id, later, &ctx()).await.unwrap();
-    assert_eq!(revoked, [Revocation::user(id, later, RevokeReason::ClientDeleted)]);
+    assert_eq!(revoked, [Revocation::of_client(id, later, RevokeReason::ClientDeleted)]);
     assert_eq!(store.client_credential(id, later).await.unwrap(), None);
     assert!(matches!(store.delete_client(id, later, &ctx()).await, Err(StoreError::NotFound)));
     assert!(store.revocations_since(T0).await.unwrap().contains(&revoked[0]));

@@ -99,7 +99,8 @@ pub async fn change_password(
     // A stolen access token must not become an oracle for the password.
     let user_id = auth.user.id.to_string();
     let account_key = format!("account:{}", bouncer_core::email::lookup_key(&auth.user.email));
-    let attempt = super::auth::begin_attempt(&state, &account_key, &client, now).await?;
+    let attempt =
+        super::auth::begin_attempt(&state, &account_key, &client, now, |m| m.login("throttled")).await?;
     let credential =
         state.store.credential(auth.user.id).await?.ok_or(ApiError::InvalidToken("user deleted"))?;
     let verified = state.passwords.verify(body.current_password, credential.password_hash).await?;
@@ -113,7 +114,7 @@ pub async fn change_password(
     }
     state.store.finish_login_attempt(attempt, AttemptEnd::RightCurrentPassword, now, &ctx).await?;
     let hash = state.passwords.hash(body.new_password).await?;
-    let revoked = state.store.change_password(auth.user.id, &hash, Some(auth.claims.sid), now, &ctx).await?;
+    let revoked = state.store.change_password(auth.user.id, &hash, Some(auth.session_id), now, &ctx).await?;
     state.announce(&revoked);
     state.metrics.audited();
     state.metrics.password_changed();

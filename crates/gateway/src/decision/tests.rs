@@ -47,6 +47,9 @@ const BOB: &str = "00000000-0000-0000-0000-000000000b0b";
 const BANNED: Uuid = Uuid::from_u128(0xbad);
 /// A session that was logged out.
 const LOGGED_OUT: Uuid = Uuid::from_u128(0x106);
+/// A service client (client-credentials token), and one deleted since.
+const SERVICE: &str = "00000000-0000-0000-0000-00000000c11e";
+const DELETED_CLIENT: Uuid = Uuid::from_u128(0xde1);
 const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
 
 /// What the gateway has loaded when the request arrives.
@@ -88,6 +91,10 @@ enum Token {
     TwoHeaders,
     /// A valid token in `?access_token=`.
     InQuery,
+    /// A service client's token (no session, no email) with these roles.
+    Client(&'static [&'static str]),
+    /// A client's token, the client deleted since.
+    DeletedClient,
 }
 
 /// What the row expects.
@@ -96,6 +103,8 @@ enum Expect {
     /// Admitted to `route`, forwarded as `path`; as Alice with these roles
     /// (the identity headers injected), or anonymous.
     Admit { route: &'static str, path: &'static str, alice: Option<&'static [&'static str]> },
+    /// Admitted as the service client with these roles: its id, no email.
+    AdmitClient { route: &'static str, path: &'static str, roles: &'static [&'static str] },
     /// Refused with exactly this denial.
     Deny(Denial),
     /// Refused as `label` with exactly these response headers, for a denial
@@ -170,6 +179,10 @@ fn cases() -> Vec<(State, &'static str, &'static str, Token, Expect)> {
         (Ready, "GET",     "/api/orders/17",               T::TwoHeaders,     deny(Denial::AmbiguousCredentials)),
         (Ready, "GET",     "/api/orders/17",               T::InQuery,        deny(Denial::AmbiguousCredentials)),
         (Ready, "GET",     "/api/orders/17",               T::UnsafeEmail,    deny(Denial::UnsafeClaims)),
+        // Service clients: the same token with client_id, no sid, no email.
+        (Ready, "GET",     "/api/orders/17",               T::Client(&["user"]), Expect::AdmitClient { route: "orders-read", path: "/api/orders/17", roles: USER }),
+        (Ready, "POST",    "/api/orders",                  T::Client(&["user"]), deny(Denial::Forbidden)),
+        (Ready, "GET",     "/api/orders/17",               T::DeletedClient,  deny(Denial::Revoked)),
         // Revocations (step 5).
         (Ready, "GET",     "/api/orders/17",               T::LoggedOut,      deny(Denial::Revoked)),
         (Ready, "GET",     "/api/orders/17",               T::Banned,         deny(Denial::Revoked)),
@@ -318,6 +331,14 @@ impl Outcome {
                     ]
                 }),
             },
+            Expect::AdmitClient { route, path, roles } => Self::Admitted {
+                route: (*route).to_owned(),
+                path: (*path).to_owned(),
+                identity: Some(vec![
+                    ("x-user-id".to_owned(), SERVICE.to_owned()),
+                    ("x-user-roles".to_owned(), roles.join(",")),
+                ]),
+            },
             Expect::Deny(denial) => Self::Denied(denial.clone()),
             Expect::DenyWith(label, headers) => Self::DeniedWith(
                 (*label).to_owned(),
@@ -329,13 +350,15 @@ impl Outcome {
     /// `decided` in the form `expect` is written in.
     fn of(decided: &Decided, names: &IdentityNames, expect: &Expect) -> Self {
         match &decided.verdict {
-            Ok(_) => Self::Admitted {
-                route: decided.facts.route.clone().unwrap_or_default(),
-                path: decided.facts.forward_path.clone(),
-                identity: decided.facts.identity.as_ref().map(|claims| {
-                    names.injected(claims).into_iter().map(|(n, v)| (n.as_str().to_owned(), v)).collect()
-                }),
-            },
+            Ok(_) => {
+                Self::Admitted {
+                    route: decided.facts.route.clone().unwrap_or_default(),
+                    path: decided.facts.forward_path.clone(),
+                    identity: decided.facts.identity.as_ref().map(|claims| {
+                        names.injected(claims).map(|(n, v)| (n.as_str().to_owned(), v)).collect()
+                    }),
+                }
+            }
             Err(denial) if matches!(expect, Expect::DenyWith(..)) => Self::DeniedWith(
                 denial.label().to_owned(),
                 denial.headers().into_iter().map(|(n, v)| (n.to_owned(), v.into_owned())).collect(),
@@ -355,6 +378,12 @@ fn pipeline(state: State) -> Pipeline {
     let revocations = RevocationSet::default();
     let now = OffsetDateTime::now_utc();
     revocations.apply(&Revocation::session(LOGGED_OUT, Uuid::from_u128(0x10), now, RevokeReason::Logout));
+    // Deleting a client revokes its id like a ban revokes a user's.
+    revocations.apply(&Revocation::user(
+        DELETED_CLIENT,
+        now + std::time::Duration::from_secs(10),
+        RevokeReason::ClientDeleted,
+    ));
     revocations.apply(&Revocation::user(
         BANNED,
         now + std::time::Duration::from_secs(10),
@@ -388,7 +417,7 @@ fn request(method: &str, target: &str, token: Token) -> RequestHeader {
             (vec![bearer(claims(ALICE.parse().unwrap(), ALICE_EMAIL, USER, "another-api", 0))], None)
         }
         Token::UnknownKid => (vec![format!("Bearer {}", mint("k-rotated-away", alice(USER)))], None),
-        Token::LoggedOut => (vec![bearer(AccessClaims { sid: LOGGED_OUT, ..alice(USER) })], None),
+        Token::LoggedOut => (vec![bearer(AccessClaims { sid: Some(LOGGED_OUT), ..alice(USER) })], None),
         Token::Banned => (vec![bearer(claims(BANNED, "banned@example.com", USER, AUDIENCE, 0))], None),
         Token::UnsafeEmail => {
             (vec![bearer(claims(ALICE.parse().unwrap(), "al\u{e9}@example.com", USER, AUDIENCE, 0))], None)
@@ -397,6 +426,8 @@ fn request(method: &str, target: &str, token: Token) -> RequestHeader {
         Token::Basic => (vec![format!("Basic {}", URL_SAFE_NO_PAD.encode("alice:secret"))], None),
         Token::TwoHeaders => (vec![bearer(alice(USER)), bearer(alice(ADMIN))], None),
         Token::InQuery => (vec![], Some(format!("access_token={}", mint(KID, alice(USER))))),
+        Token::Client(roles) => (vec![bearer(client_claims(SERVICE.parse().unwrap(), roles))], None),
+        Token::DeletedClient => (vec![bearer(client_claims(DELETED_CLIENT, USER))], None),
     };
     let target = match query {
         Some(q) if target.contains('?') => format!("{target}&{q}"),
@@ -409,6 +440,22 @@ fn request(method: &str, target: &str, token: Token) -> RequestHeader {
         req.append_header("authorization", value).unwrap();
     }
     req
+}
+
+/// A service client's claims, issued now for 10 minutes.
+fn client_claims(client: Uuid, roles: &[&str]) -> AccessClaims {
+    let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+    AccessClaims::issue_client(
+        bouncer_core::claims::NewClientToken {
+            issuer: ISSUER,
+            audience: AUDIENCE,
+            client_id: client,
+            roles: &roles,
+            ttl: std::time::Duration::from_secs(600),
+            jti: Uuid::now_v7(),
+        },
+        OffsetDateTime::now_utc(),
+    )
 }
 
 /// Claims issued `offset_secs` from now (negative: in the past), valid for
