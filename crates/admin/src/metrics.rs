@@ -23,6 +23,7 @@ pub struct Metrics {
     logins: Family<Outcome, Counter>,
     refreshes: Family<Outcome, Counter>,
     logouts: Family<Outcome, Counter>,
+    client_tokens: Family<Outcome, Counter>,
     signups: Counter,
     password_changes: Counter,
     password_verifications: Counter,
@@ -40,6 +41,7 @@ impl Default for Metrics {
             logins: Family::default(),
             refreshes: Family::default(),
             logouts: Family::default(),
+            client_tokens: Family::default(),
             signups: Counter::default(),
             password_changes: Counter::default(),
             password_verifications: Counter::default(),
@@ -61,6 +63,11 @@ impl Default for Metrics {
             m.refreshes.clone(),
         );
         registry.register("logouts", "Logouts by kind (session, all)", m.logouts.clone());
+        registry.register(
+            "client_tokens",
+            "POST /oauth/token by outcome (issued, invalid_client, invalid_scope, invalid_request, throttled)",
+            m.client_tokens.clone(),
+        );
         registry.register("signups", "Accounts created through signup", m.signups.clone());
         registry.register("password_changes", "Passwords changed by their owner", m.password_changes.clone());
         registry.register(
@@ -94,6 +101,10 @@ impl Metrics {
 
     pub fn login(&self, outcome: &'static str) {
         self.logins.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    pub fn client_token(&self, outcome: &'static str) {
+        self.client_tokens.get_or_create(&Outcome { outcome }).inc();
     }
 
     pub fn refresh(&self, outcome: &'static str) {

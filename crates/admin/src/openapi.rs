@@ -23,6 +23,9 @@ use bouncer_core::config::AdminConfig;
 /// Name of the bearer security scheme in `components.securitySchemes`.
 pub const BEARER: &str = "bearer";
 
+/// Name of the token endpoint's HTTP Basic client authentication.
+pub const CLIENT_BASIC: &str = "client_basic";
+
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = bouncer_core::problem::PROBLEM_JSON;
 
@@ -164,6 +167,8 @@ pub struct Unavailable(#[allow(dead_code)] ProblemSchema);
         (name = "auth", description = "Sign up, log in, rotate refresh tokens, log out."),
         (name = "users", description = "The caller's own account."),
         (name = "admin", description = "Administration; every route needs the `admin` role."),
+        (name = "clients", description = "Service clients (admin role): create, rotate a secret, delete."),
+        (name = "oauth", description = "Access tokens for service clients (RFC 6749 client credentials)."),
         (name = "ops", description = "Keys, health, metrics and this document."),
     ),
 )]
@@ -182,6 +187,18 @@ impl Modify for BearerScheme {
                     .bearer_format("JWT")
                     .description(Some(
                         "An access token from `POST /auth/login` or `POST /auth/refresh` (EdDSA `at+jwt`).",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            CLIENT_BASIC,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A service client's id and secret (RFC 6749 §2.3.1), for `POST /oauth/token`; \
+                         the form fields `client_id` and `client_secret` are the alternative.",
                     ))
                     .build(),
             ),
@@ -435,9 +452,14 @@ mod tests {
                 if path.starts_with("/admin/") {
                     assert!(secured && has("403"), "{name}: admin routes need the token and answer 403");
                 }
-                if operation.get("requestBody").is_some() {
-                    for status in ["400", "413", "415", "422"] {
-                        assert!(has(status), "{name}: a JSON body can be refused with {status}");
+                if let Some(body) = operation.get("requestBody") {
+                    // The token endpoint's form answers in RFC 6749's terms:
+                    // a bad form is 400 invalid_request, never 415/422.
+                    let form = body["content"].get("application/x-www-form-urlencoded").is_some();
+                    let expected: &[&str] =
+                        if form { &["400", "413"] } else { &["400", "413", "415", "422"] };
+                    for status in expected {
+                        assert!(has(status), "{name}: its body can be refused with {status}");
                     }
                 }
                 if path.contains('{') {

@@ -69,6 +69,9 @@ pub struct AdminConfig {
     /// How long a newly added signing key is only published (in the JWKS)
     /// before it signs, so every replica and gateway knows it first.
     pub key_activation_delay: ConfigDuration,
+    /// How long a service client's previous secrets keep working after a
+    /// rotation, so its deployments can be updated without an outage.
+    pub client_secret_overlap: ConfigDuration,
 }
 
 /// The default `admin.trusted_proxies`: loopback, where the embedded
@@ -231,6 +234,7 @@ impl Default for AdminConfig {
             shutdown_grace: ConfigDuration::from_secs(10),
             max_db_connections: 16,
             key_activation_delay: ConfigDuration::from_secs(90),
+            client_secret_overlap: ConfigDuration::from_secs(3600),
         }
     }
 }
@@ -361,6 +365,9 @@ impl Config {
         }
         if a.key_activation_delay.get().as_secs() > 86_400 {
             return Err("admin.key_activation_delay: must be at most 1d".into());
+        }
+        if a.client_secret_overlap.get().as_secs() > 30 * 86_400 {
+            return Err("admin.client_secret_overlap: must be at most 30d".into());
         }
         if a.issuer.trim().is_empty() {
             return Err("admin.issuer: must not be empty".into());

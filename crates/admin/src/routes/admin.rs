@@ -649,7 +649,7 @@ pub struct UserId {
 
 /// A user id from the path; anything that is not a UUID as the API
 /// writes it (hyphenated) names no user.
-fn path_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(super) fn path_id(raw: &str) -> Result<Uuid, ApiError> {
     hyphenated_uuid(raw).ok_or(ApiError::NotFound)
 }
 

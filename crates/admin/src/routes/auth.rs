@@ -185,7 +185,7 @@ pub async fn login(
     storable_text("email", typed)?;
     let email_key = lookup_key(typed);
     let account_key = format!("account:{email_key}");
-    let attempt = begin_attempt(&state, &account_key, &client, now).await?;
+    let attempt = begin_attempt(&state, &account_key, &client, now, |m| m.login("throttled")).await?;
 
     // Unknown emails verify against a dummy hash: same status, body, work
     // and store round trips as a wrong password.
@@ -371,11 +371,14 @@ pub async fn logout_all(
 /// Starts a password check under the login throttle: refuses with 429 when
 /// the account or the client IP has too many recent failures; otherwise
 /// the attempt is counted (as a failure until settled) and its id returned.
+/// Reserves a throttled attempt on `account_key` and the client's IP;
+/// `throttled` counts a refusal in the caller's metric.
 pub(super) async fn begin_attempt(
     state: &AppState,
     account_key: &str,
     client: &ClientInfo,
     now: OffsetDateTime,
+    throttled: fn(&crate::metrics::Metrics),
 ) -> Result<Uuid, ApiError> {
     let limits = &state.config.login_throttle;
     let attempt = LoginAttempt {
@@ -390,7 +393,7 @@ pub(super) async fn begin_attempt(
     match state.store.begin_login_attempt(&attempt).await? {
         ThrottleDecision::Allow => Ok(attempt.id),
         ThrottleDecision::Deny { retry_after_secs } => {
-            state.metrics.login("throttled");
+            throttled(&state.metrics);
             Err(ApiError::Throttled { retry_after_secs })
         }
     }
@@ -431,9 +434,7 @@ fn token_response(
 }
 
 fn random_bytes() -> Result<[u8; REFRESH_TOKEN_BYTES], ApiError> {
-    let mut bytes = [0u8; REFRESH_TOKEN_BYTES];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
-    Ok(bytes)
+    super::random()
 }
 
 fn field_error(field: &str, message: String) -> bouncer_core::problem::FieldError {

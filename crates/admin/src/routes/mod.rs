@@ -7,6 +7,8 @@
 
 mod admin;
 mod auth;
+mod clients;
+mod oauth;
 mod ops;
 mod users;
 
@@ -34,11 +36,22 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::list_roles, admin::create_role))
         .routes(routes!(admin::delete_role))
         .routes(routes!(admin::list_audit))
+        .routes(routes!(clients::list_clients, clients::create_client))
+        .routes(routes!(clients::get_client, clients::delete_client))
+        .routes(routes!(clients::rotate_secret))
+        .routes(routes!(oauth::token))
         .routes(routes!(ops::jwks))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi_json))
+}
+
+/// `N` bytes from the operating system's generator, for secrets.
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], ApiError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("no randomness: {e}")))?;
+    Ok(bytes)
 }
 
 pub async fn not_found() -> ApiError {

@@ -90,7 +90,7 @@ async fn routes_check_accepts_the_example_and_names_the_line_of_a_mistake() {
     let out = tokio::process::Command::new(BIN).args(["routes", "check", example]).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ok — 8 route(s), 2 upstream(s)"), "config/routes.yaml has 8 routes: {stdout}");
+    assert!(stdout.contains("ok — 10 route(s), 2 upstream(s)"), "config/routes.yaml has 10 routes: {stdout}");
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("routes.yaml");

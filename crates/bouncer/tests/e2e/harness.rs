@@ -190,6 +190,17 @@ impl Admin {
     }
 
     /// Runs another `bouncer` subcommand on this instance's config.
+    /// Makes `root@example.com` an admin with the CLI and logs in as it;
+    /// returns (its user id, its access token).
+    pub async fn root(&self) -> (String, String) {
+        let add = ["user", "add", "--email", "root@example.com", "--role", "admin", "--password-stdin"];
+        let out = self.cli(&add, Some(PASSWORD)).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (access, _) = self.login("root@example.com", PASSWORD).await;
+        let me = expect_json(self.get_bearer("/users/me", &access).await, 200).await;
+        (me["id"].as_str().unwrap().to_owned(), access)
+    }
+
     pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         run_cli(&self.config_path(), args, stdin).await
     }

@@ -20,6 +20,7 @@ macro_rules! on_both_backends {
 mod admin;
 mod audit;
 mod cli;
+mod clients;
 mod deploy;
 mod gateway;
 mod harness;

@@ -13,18 +13,8 @@ on_both_backends!(
     audit_is_queried_newest_first_and_records_every_admin_action,
 );
 
-/// Makes an admin with the CLI and logs in; returns (admin id, access token).
 async fn admin_token(admin: &Admin) -> (String, String) {
-    let out = admin
-        .cli(
-            &["user", "add", "--email", "root@example.com", "--role", "admin", "--password-stdin"],
-            Some(PASSWORD),
-        )
-        .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (access, _) = admin.login("root@example.com", PASSWORD).await;
-    let me = expect_json(admin.get_bearer("/users/me", &access).await, 200).await;
-    (me["id"].as_str().unwrap().to_owned(), access)
+    admin.root().await
 }
 
 async fn send(

@@ -158,15 +158,7 @@ impl Replicas {
 
     /// An admin (made with the CLI) and their access token.
     async fn admin_token(&self) -> String {
-        let out = self
-            .admin
-            .cli(
-                &["user", "add", "--email", "root@example.com", "--role", "admin", "--password-stdin"],
-                Some(PASSWORD),
-            )
-            .await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        self.admin.login("root@example.com", PASSWORD).await.0
+        self.admin.root().await.1
     }
 
     /// Hammers `/limited/` round robin over the replicas with `workers`

@@ -43,6 +43,28 @@ impl Ports {
     }
 }
 
+/// Starts `bouncer up` on `config`, its stdout dropped and its stderr read
+/// to the end in the background (so the pipe never fills): the text comes
+/// from the handle once the process has exited.
+fn start_up(config: &std::path::Path) -> (tokio::process::Child, tokio::task::JoinHandle<String>) {
+    let mut up = Command::new(BIN)
+        .args(["up", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut pipe = up.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text).await;
+        text
+    });
+    (up, logs)
+}
+
 /// Polls `check` until it returns true or `limit` passes; returns how long it took.
 async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
     let started = Instant::now();
@@ -67,22 +89,7 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
             echo = ports.echo
         ),
     );
-    let mut up = Command::new(BIN)
-        .args(["up", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stderr = up.stderr.take().unwrap();
-    let logs = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        let mut stderr = stderr;
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
+    let (mut up, logs) = start_up(&config);
     let gw = format!("http://127.0.0.1:{gateway_port}");
     let http = reqwest::Client::new();
     let ready = within(Duration::from_secs(30), async || {
@@ -201,14 +208,7 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
 
     // A restart on the same SQLite file keeps users, keys and the audit chain.
     let jwks_before = std::fs::read_dir(dir.path().join("keys")).unwrap().count();
-    let mut again = Command::new(BIN)
-        .args(["up", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut again, _logs) = start_up(&config);
     let restarted = within(Duration::from_secs(30), async || {
         // 403: the token from before the restart verifies (same keys) and
         // only the role check refuses it (root is an admin, /api wants user).
@@ -256,6 +256,76 @@ async fn up_runs_the_whole_pipeline_and_revocations_reach_the_gateway_at_once() 
     assert!(out.contains("audit chain intact"), "{out}");
 }
 
+/// A service client's token through the embedded gateway: accepted on a
+/// `service` route with the client's id and no email; deleting the client
+/// refuses it within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_passes_the_gateway_until_the_client_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (admin_port, gateway_port) = (ports.admin, ports.gateway);
+    let config = ports.write_config(
+        dir.path(),
+        &format!(
+            "upstreams:\n  admin: {{ targets: [127.0.0.1:{admin_port}] }}\n  echo: {{ targets: [127.0.0.1:{}] }}\nroutes:\n  - {{ name: token, path: /oauth/token, upstream: admin, auth: none }}\n  - {{ name: jobs, path: /jobs/**, upstream: echo, roles: [service] }}\n",
+            ports.echo
+        ),
+    );
+    let add = ["user", "add", "--email", "root@example.com", "--role", "admin", "--password-stdin"];
+    let out = run_cli(&config, &add, Some(PASSWORD)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (mut up, _logs) = start_up(&config);
+    let (gw, admin) = (format!("http://127.0.0.1:{gateway_port}"), format!("http://127.0.0.1:{admin_port}"));
+    let http = reqwest::Client::new();
+    let ready = within(Duration::from_secs(30), async || {
+        let r = http.get(format!("{gw}/jobs/x")).bearer_auth("x").send().await;
+        r.is_ok_and(|r| r.status() == 401)
+    })
+    .await;
+    assert!(ready.is_some(), "bouncer up did not become ready");
+    let root = json!({"email": "root@example.com", "password": PASSWORD});
+    let root =
+        expect_json(http.post(format!("{admin}/auth/login")).json(&root).send().await.unwrap(), 200).await;
+    let root = root["access_token"].as_str().unwrap().to_owned();
+    let created = http
+        .post(format!("{admin}/admin/clients"))
+        .bearer_auth(&root)
+        .json(&json!({"name": "jobs runner", "roles": ["service"]}))
+        .send()
+        .await
+        .unwrap();
+    let created = expect_json(created, 201).await;
+    let (id, secret) = (created["client_id"].as_str().unwrap(), created["client_secret"].as_str().unwrap());
+    // The token endpoint through the gateway, as clients would call it.
+    let token = http
+        .post(format!("{gw}/oauth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let token = expect_json(token, 200).await["access_token"].as_str().unwrap().to_owned();
+    let seen =
+        expect_json(http.get(format!("{gw}/jobs/run")).bearer_auth(&token).send().await.unwrap(), 200).await;
+    assert_eq!(
+        (&seen["headers"]["x-user-id"], &seen["headers"]["x-user-roles"]),
+        (&json!(id), &json!("service")),
+        "the upstream sees the client: {seen}"
+    );
+    assert!(seen["headers"].get("x-user-email").is_none(), "a client has no email: {seen}");
+
+    let deleted = http.delete(format!("{admin}/admin/clients/{id}")).bearer_auth(&root).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let refused = within(Duration::from_secs(1), async || {
+        http.get(format!("{gw}/jobs/run")).bearer_auth(&token).send().await.unwrap().status() == 401
+    })
+    .await;
+    assert!(refused.is_some(), "a deleted client's token must be refused by the gateway within 1 s");
+    signal(&up, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
 /// The signature part of a JWT: what would make a leaked log line usable.
 fn access_token_fragment(token: &str) -> String {
     token.rsplit('.').next().unwrap_or(token).to_owned()
@@ -280,21 +350,7 @@ async fn the_access_log_goes_to_its_file_and_follows_a_rotation() {
     let mut yaml = std::fs::read_to_string(&config).unwrap();
     yaml.push_str(&format!("  access_log:\n    format: json\n    path: {}\n", log_path.display()));
     std::fs::write(&config, yaml).unwrap();
-    let mut up = Command::new(BIN)
-        .args(["up", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut pipe = up.stderr.take().unwrap();
-    let stderr = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text).await;
-        text
-    });
+    let (mut up, stderr) = start_up(&config);
     let gw = format!("http://127.0.0.1:{gateway_port}");
     let http = reqwest::Client::new();
     // Ready once the keys are in: a bad token is then a 401, not a 503.
@@ -385,14 +441,7 @@ async fn up_serves_authenticated_requests_as_soon_as_the_admin_answers() {
     )
     .unwrap();
 
-    let mut up = Command::new(BIN)
-        .args(["up", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut up, _logs) = start_up(&config);
     let http = reqwest::Client::new();
     let admin_up = within(Duration::from_secs(30), async || {
         let healthy = http.get(format!("http://127.0.0.1:{admin_port}/healthz")).send().await;
