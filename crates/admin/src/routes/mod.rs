@@ -6,6 +6,7 @@
 //! described. Do not add routes with a plain `.route(...)`.
 
 mod admin;
+mod api_keys;
 mod auth;
 mod clients;
 mod oauth;
@@ -28,6 +29,10 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::logout_all))
         .routes(routes!(users::me))
         .routes(routes!(users::change_password))
+        .routes(routes!(api_keys::list_own_keys, api_keys::create_key))
+        .routes(routes!(api_keys::delete_own_key))
+        .routes(routes!(api_keys::list_keys))
+        .routes(routes!(api_keys::delete_key))
         .routes(routes!(admin::list_users))
         .routes(routes!(admin::get_user, admin::delete_user))
         .routes(routes!(admin::set_roles))

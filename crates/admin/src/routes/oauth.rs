@@ -21,7 +21,7 @@ use axum::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use bouncer_core::{
     claims::{AccessClaims, NewClientToken},
-    credential::{hash_client_secret, same_hash},
+    credential::{hash_client_secret, same_hash, within},
     throttle::AttemptEnd,
 };
 use serde::Serialize;
@@ -242,7 +242,7 @@ async fn issue(
                 asked.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect();
             asked.sort();
             asked.dedup();
-            if !asked.iter().all(|r| held.contains(r)) {
+            if within(&asked, held).is_err() {
                 let end = AttemptEnd::ScopeRefused { client: credential.client.id };
                 state.store.finish_login_attempt(attempt, end, now, &ctx).await?;
                 state.metrics.audited();
