@@ -44,7 +44,9 @@ gateway:
   issuer: $issuer
 redis: redis://127.0.0.1:$redis_port
 YAML
-    export RUST_LOG=warn
+    # Logging as shipped (RUST_LOG unset: info, access log on, to the log
+    # files below): a benchmark with the logs off measures what nobody runs.
+    unset RUST_LOG
     taskset -c "$redis_core" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
         >"$work/redis.log" 2>&1 & pids+=($!)
     redis_pid=$!

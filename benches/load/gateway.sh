@@ -10,7 +10,15 @@
 # another host, so its CPU is not the gateway's. REDIS_CORE=0 charges it to
 # the server core instead (the all-on-one-core worst case).
 #
-# Usage: [REDIS_CORE=0|1] benches/load/gateway.sh [SECONDS_PER_RUN] [ROUNDS] [CONNECTIONS]
+# BASELINE_BIN=path/to/other/bouncer adds a second gateway from that binary
+# (same admin, echo, Redis and routes, its own ports) and its rows, in the
+# same interleaved rounds: a refactor's before/after without two runs.
+# BASELINE_GATEWAY_YAML adds lines to that gateway's `gateway:` section
+# (e.g. '  access_log: { enabled: false }' with this build as the
+# baseline: logging's cost); BASELINE_LABEL names its rows.
+#
+# Usage: [REDIS_CORE=0|1] [BASELINE_BIN=… [BASELINE_GATEWAY_YAML=…] [BASELINE_LABEL=…]]
+#        benches/load/gateway.sh [SECONDS_PER_RUN] [ROUNDS] [CONNECTIONS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
@@ -19,8 +27,13 @@ conns=${3:-64}
 
 source benches/load/common.sh
 require wrk taskset curl python3 redis-server redis-cli
-cargo build --profile production -q -p bouncer
-bin=target/production/bouncer
+# BOUNCER_BIN: a binary built already (as scripts/run.sh takes it).
+if [[ -n ${BOUNCER_BIN:-} ]]; then
+    bin=$BOUNCER_BIN
+else
+    cargo build --profile production -q -p bouncer
+    bin=target/production/bouncer
+fi
 admin=$(port); gw=$(port); metrics=$(port); echo_port=$(port); redis_port=$(port)
 cat > "$work/routes.yaml" <<YAML
 upstreams:
@@ -40,15 +53,25 @@ routes:
 YAML
 
 start_stack "$bin" "${REDIS_CORE:-1}"
+base=${BASELINE_BIN:-}
+if [[ -n $base ]]; then
+    base_gw=$(port); base_metrics=$(port)
+    sed -e "s/127.0.0.1:$gw\$/127.0.0.1:$base_gw/" -e "s/127.0.0.1:$metrics\$/127.0.0.1:$base_metrics/" \
+        "$work/bouncer.yaml" | awk -v extra="${BASELINE_GATEWAY_YAML:-}" '{ print } /^gateway:$/ && extra { print extra }' \
+        > "$work/baseline.yaml"
+    taskset -c 0 "$base" gateway --config "$work/baseline.yaml" 2>"$work/baseline.log" & pids+=($!)
+fi
 for _ in $(seq 1 100); do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'authorization: Bearer x' "http://127.0.0.1:$gw/api/x" || true)
     [[ $code == 401 ]] && break
     sleep 0.1
 done
 [[ ${code:-} == 401 ]] || { echo "gateway did not become ready; see $work/*.log" >&2; exit 1; }
-for _ in $(seq 1 100); do
-    curl -s "http://127.0.0.1:$metrics/metrics" | grep -q '^bouncer_gateway_revocations_ready 1' && break
-    sleep 0.1
+for m in $metrics ${base_metrics:-}; do
+    for _ in $(seq 1 100); do
+        curl -s "http://127.0.0.1:$m/metrics" | grep -q '^bouncer_gateway_revocations_ready 1' && break
+        sleep 0.1
+    done
 done
 
 body='{"email":"load@example.com","password":"load test passphrase"}'
@@ -83,6 +106,11 @@ for r in $(seq 1 "$rounds"); do
     results[none]+="$(run "http://127.0.0.1:$gw/open/x" -H "Authorization: Bearer $token")"$'\n'
     results[auth]+="$(run "http://127.0.0.1:$gw/api/x" -H "Authorization: Bearer $token")"$'\n'
     results[full]+="$(run "http://127.0.0.1:$gw/limited/x" -H "Authorization: Bearer $token")"$'\n'
+    if [[ -n $base ]]; then
+        results[base_none]+="$(run "http://127.0.0.1:$base_gw/open/x" -H "Authorization: Bearer $token")"$'\n'
+        results[base_auth]+="$(run "http://127.0.0.1:$base_gw/api/x" -H "Authorization: Bearer $token")"$'\n'
+        results[base_full]+="$(run "http://127.0.0.1:$base_gw/limited/x" -H "Authorization: Bearer $token")"$'\n'
+    fi
 done
 
 python3 - "$secs" "$rounds" "$conns" <<PY
@@ -93,7 +121,11 @@ rows = {
     "none": """${results[none]}""",
     "auth": """${results[auth]}""",
     "full": """${results[full]}""",
+    "base_none": """${results[base_none]:-}""",
+    "base_auth": """${results[base_auth]:-}""",
+    "base_full": """${results[base_full]:-}""",
 }
+rows = {k: v for k, v in rows.items() if v.strip()}
 med = {}
 for k, text in rows.items():
     runs = [list(map(float, line.split())) for line in text.strip().splitlines()]
@@ -103,16 +135,26 @@ names = {
     "none": "gateway, auth: none",
     "auth": "gateway, EdDSA + role check",
     "full": "gateway, EdDSA + role + Redis bucket",
+    "base_none": "${BASELINE_LABEL:-baseline} gateway, auth: none",
+    "base_auth": "${BASELINE_LABEL:-baseline} gateway, EdDSA + role check",
+    "base_full": "${BASELINE_LABEL:-baseline} gateway, EdDSA + role + Redis bucket",
 }
 print(f"# gateway load: wrk -t1 -c{conns}, {secs}s x {rounds} interleaved rounds (medians); servers on core 0, wrk on core 1, redis on core ${REDIS_CORE:-1}")
 print()
 print("| scenario | req/s | p50 ms | p99 ms | vs direct | vs auth: none |")
 print("|---|---:|---:|---:|---:|---:|")
-for k in ("direct", "none", "auth", "full"):
+for k in ("direct", "none", "auth", "full", "base_none", "base_auth", "base_full"):
+    if k not in med:
+        continue
     rps, p50, p99 = med[k]
     print(f"| {names[k]} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {rps / med['direct'][0]:.2f} | {rps / med['none'][0]:.2f} |")
 print()
 print(f"authenticated / auth: none throughput: {med['auth'][0] / med['none'][0]:.2f} (target >= 0.85)")
 print(f"full pipeline (+ Redis bucket) / auth: none: {med['full'][0] / med['none'][0]:.2f} (target >= 0.80)")
 print(f"full pipeline / authenticated without bucket: {med['full'][0] / med['auth'][0]:.2f}")
+if "base_none" in med:
+    print()
+    print("this build / ${BASELINE_LABEL:-baseline} (${BASELINE_BIN:-} ${BASELINE_GATEWAY_YAML:-}):")
+    for k in ("none", "auth", "full"):
+        print(f"  {names[k].removeprefix('gateway, ')}: {med[k][0] / med['base_' + k][0]:.2f}")
 PY
