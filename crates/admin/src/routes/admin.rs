@@ -165,7 +165,7 @@ pub struct RolesBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(transparent)]
 #[schema(pattern = "^[a-z][a-z0-9_-]{0,31}$", example = "auditor")]
-pub struct RoleName(String);
+pub struct RoleName(pub(super) String);
 
 /// Replaces a user's roles. Removing a role revokes every session of the
 /// user at once; adding one revokes nothing (the next refresh carries it).
@@ -208,6 +208,7 @@ pub async fn set_roles(
     let ctx = client.audit(Some(admin.user.id.to_string()));
     let (user, revoked) = state.store.set_roles(id, &roles, now, &ctx).await?;
     state.announce(&revoked);
+    state.keys_changed([id]).await;
     state.metrics.audited();
     tracing::info!(user_id = %id, admin = %admin.user.id, roles = ?user.roles, "roles changed");
     Ok(Json(user.into()))
@@ -269,6 +270,7 @@ pub async fn ban(
     let ctx = client.audit(Some(admin.user.id.to_string()));
     let (user, revoked) = state.store.ban_user(id, reason, now, &ctx).await?;
     state.announce(&revoked);
+    state.keys_changed([id]).await;
     state.metrics.audited();
     state.metrics.banned();
     tracing::info!(user_id = %id, admin = %admin.user.id, "user banned");
@@ -299,6 +301,7 @@ pub async fn unban(
     let id = path_id(&id)?;
     let ctx = client.audit(Some(admin.user.id.to_string()));
     let user = state.store.unban_user(id, OffsetDateTime::now_utc(), &ctx).await?;
+    state.keys_changed([id]).await;
     state.metrics.audited();
     tracing::info!(user_id = %id, admin = %admin.user.id, "user unbanned");
     Ok(Json(user.into()))
@@ -333,6 +336,7 @@ pub async fn delete_user(
     let ctx = client.audit(Some(admin.user.id.to_string()));
     let revoked = state.store.delete_user(id, OffsetDateTime::now_utc(), &ctx).await?;
     state.announce(&revoked);
+    state.keys_changed([id]).await;
     state.metrics.audited();
     tracing::info!(user_id = %id, admin = %admin.user.id, "user deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -486,6 +490,7 @@ pub async fn delete_role(
     let revoked =
         state.store.delete_role(&name, q.force.unwrap_or(false), OffsetDateTime::now_utc(), &ctx).await?;
     state.announce(&revoked);
+    state.keys_changed_for(&revoked).await;
     state.metrics.audited();
     tracing::info!(role = %name, admin = %admin.user.id, "role deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -41,8 +41,10 @@ pub struct NewClientBody {
     /// For people: what the client is (1 to 100 characters).
     #[schema(min_length = 1, max_length = 100, pattern = r"^[^\x00]*$")]
     name: String,
-    /// Roles its tokens may carry at most; `scope` narrows them per token.
-    roles: Vec<String>,
+    /// Roles its tokens may carry at most (existing role names, `GET
+    /// /admin/roles`); `scope` narrows them per token.
+    #[schema(inline)]
+    roles: Vec<super::admin::RoleName>,
 }
 
 /// A client as listed: never its secret.
@@ -127,7 +129,8 @@ pub async fn create_client(
     } else if let Err(e) = storable_text("name", name) {
         errors.push(e);
     }
-    if let Some(bad) = body.roles.iter().find(|r| !is_valid_role_name(r)) {
+    let roles: Vec<String> = body.roles.into_iter().map(|r| r.0).collect();
+    if let Some(bad) = roles.iter().find(|r| !is_valid_role_name(r)) {
         errors.push(FieldError { field: "roles".into(), message: format!("unknown role {bad:?}") });
     }
     if !errors.is_empty() {
@@ -137,7 +140,7 @@ pub async fn create_client(
     let new = bouncer_store::NewClient {
         id: Uuid::now_v7(),
         name: name.to_owned(),
-        roles: body.roles,
+        roles,
         secret: secret.hash(),
         now: OffsetDateTime::now_utc(),
     };

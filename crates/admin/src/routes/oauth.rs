@@ -43,6 +43,7 @@ const MAX_CLIENT_ID: usize = 64;
 #[allow(dead_code)]
 pub struct TokenForm {
     /// Only `client_credentials`.
+    #[schema(pattern = "^client_credentials$", example = "client_credentials")]
     grant_type: String,
     /// Space-separated roles to narrow the token to; default: all the
     /// client's roles.
