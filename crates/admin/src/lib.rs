@@ -23,11 +23,12 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Extension, Router, middleware};
 use bouncer_core::revocation::Revocation;
-use bouncer_core::{claims::Expectations, config::AdminConfig};
+use bouncer_core::{claims::Expectations, config::AdminConfig, credential::KeyUpdate};
 use bouncer_shared_state::RevocationBus;
 use bouncer_store::Store;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use uuid::Uuid;
 
 use crate::{keys::KeyStore, metrics::Metrics, passwords::Passwords};
 
@@ -44,6 +45,9 @@ pub struct Inner {
     pub passwords: Passwords,
     pub metrics: Metrics,
     pub expectations: Expectations,
+    /// The gateway in this process (`bouncer up`), told which API keys it
+    /// may accept; `None` for an admin of its own.
+    pub local_gateway: Option<Arc<dyn service::GatewayHooks>>,
 }
 
 impl Inner {
@@ -85,7 +89,56 @@ impl AppState {
             passwords,
             metrics: Metrics::default(),
             expectations,
+            local_gateway: None,
         })))
+    }
+
+    /// Tells the gateway in this process about API key changes, from now on.
+    fn with_local_gateway(mut self, gateway: Arc<dyn service::GatewayHooks>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.0) {
+            inner.local_gateway = Some(gateway);
+        }
+        self
+    }
+
+    /// Sends the in-process gateway every usable API key (at start, and
+    /// periodically: the safety net for an update it missed).
+    pub async fn send_all_keys(&self) -> Result<(), bouncer_store::StoreError> {
+        let Some(gateway) = &self.local_gateway else { return Ok(()) };
+        let keys = bouncer_store::usable_api_keys(&*self.store, None, OffsetDateTime::now_utc()).await?;
+        gateway.api_keys(&KeyUpdate::All(keys));
+        Ok(())
+    }
+
+    /// Sends the in-process gateway these users' usable API keys, after a
+    /// change that affects them has committed, and before the change is
+    /// answered: once a deletion or ban is visible, no gateway in this
+    /// process admits the key.
+    pub async fn keys_changed(&self, users: impl IntoIterator<Item = Uuid>) {
+        let Some(gateway) = &self.local_gateway else { return };
+        let now = OffsetDateTime::now_utc();
+        for user in users {
+            match bouncer_store::usable_api_keys(&*self.store, Some(user), now).await {
+                Ok(keys) => gateway.api_keys(&KeyUpdate::User { user, keys }),
+                // Refuse them all rather than keep what may be revoked.
+                Err(e) => {
+                    tracing::warn!(error = %e, user_id = %user, "cannot load api keys; the gateway drops the user's");
+                    gateway.api_keys(&KeyUpdate::User { user, keys: Vec::new() });
+                }
+            }
+        }
+    }
+
+    /// [`Self::keys_changed`] for the users a set of revocations names.
+    pub async fn keys_changed_for(&self, revocations: &[Revocation]) {
+        let mut users: Vec<Uuid> = revocations
+            .iter()
+            .filter(|r| r.kind == bouncer_core::revocation::RevocationKind::User)
+            .map(|r| r.user_id)
+            .collect();
+        users.sort();
+        users.dedup();
+        self.keys_changed(users).await;
     }
 }
 

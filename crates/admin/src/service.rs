@@ -34,7 +34,7 @@ pub struct LocalGateway {
     /// travel through Redis.
     pub denials: Option<(DenialSource, Box<dyn Send>)>,
     /// Told what the gateway needs before the admin listens.
-    pub hooks: Box<dyn GatewayHooks>,
+    pub hooks: Arc<dyn GatewayHooks>,
 }
 
 /// How the admin hands an in-process gateway what it would otherwise
@@ -46,6 +46,8 @@ pub trait GatewayHooks: Send + Sync {
     fn revocations(&self, recent: &[Revocation], complete: bool);
     /// A view of the admin's JWKS, read whenever the gateway refreshes.
     fn keys(&self, jwks: Box<dyn Fn() -> Value + Send + Sync>) -> Result<(), String>;
+    /// The API keys the gateway may accept: all of them, or one user's.
+    fn api_keys(&self, update: &bouncer_core::credential::KeyUpdate);
 }
 
 /// Whether [`start`] applies pending migrations or refuses an old schema.
@@ -123,7 +125,24 @@ pub async fn start(config: &Config, topology: Topology, migrations: Migrations) 
         hooks.revocations(&store.revocations_since(horizon).await?, config.redis.is_none());
     }
     hint_first_admin(&*store).await?;
-    let state = AppState::new(admin.clone(), store, bus)?;
+    let mut state = AppState::new(admin.clone(), store, bus)?;
+    if let Some(hooks) = &hooks {
+        state = state.with_local_gateway(hooks.clone());
+        // Keys before listening, like the key ring; then every minute, in
+        // case an update was missed.
+        state.send_all_keys().await?;
+        let periodic = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(KEYS_RESENT_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = periodic.send_all_keys().await {
+                    tracing::warn!(error = %e, "cannot reload api keys for the gateway");
+                }
+            }
+        });
+    }
     if let Some(hooks) = &hooks {
         // Before listening: once the admin answers, so does the gateway.
         let ring = state.clone();
@@ -139,6 +158,9 @@ pub async fn start(config: &Config, topology: Topology, migrations: Migrations) 
     let addr = listener.local_addr()?;
     Ok(Assembled { state, listener, addr })
 }
+
+/// How often the in-process gateway gets every key again.
+const KEYS_RESENT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Never a default password: says how to make the first admin.
 async fn hint_first_admin(store: &dyn Store) -> anyhow::Result<()> {

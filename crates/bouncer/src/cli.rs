@@ -255,7 +255,7 @@ fn run_gateway(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()
     let shared = SharedState::redis(&config)?;
     let jwks = bouncer_gateway::jwks::Jwks::new(&config.gateway.jwks_url);
     let (gateway, denials) =
-        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks, log_format)?;
+        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks, log_format, None)?;
     let drain = gateway.drain.clone();
     let server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
     tracing::info!(addr = %config.gateway.listen, jwks = %config.gateway.jwks_url, "gateway listening");

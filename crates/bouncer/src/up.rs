@@ -15,10 +15,12 @@ use async_trait::async_trait;
 use bouncer_admin::service::{self, GatewayHooks, LocalGateway, Migrations, Topology};
 use bouncer_core::{
     config::{AccessLogFormat, Config},
+    credential::KeyUpdate,
     revocation::Revocation,
 };
 use bouncer_gateway::{
     SharedState,
+    api_keys::ApiKeySet,
     jwks::{Jwks, LocalJwks},
     revocations::RevocationSet,
 };
@@ -58,8 +60,15 @@ pub fn run(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
     };
     let bus = shared.bus.clone();
     // The admin below hands its key ring over before it listens.
-    let (gateway, denials) =
-        bouncer_gateway::build(&config.gateway, shared.limiter.clone(), Jwks::in_process(), log_format)?;
+    // And its API keys, then every change to them.
+    let api_keys = Arc::new(ApiKeySet::default());
+    let (gateway, denials) = bouncer_gateway::build(
+        &config.gateway,
+        shared.limiter.clone(),
+        Jwks::in_process(),
+        log_format,
+        Some(api_keys.clone()),
+    )?;
     let echo = gateway
         .pipeline
         .table
@@ -79,8 +88,8 @@ pub fn run(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
     let denials_in_process =
         denial_source.map(|source| (source, Box::new(drain.finishing()) as Box<dyn Send>));
     let mut server = bouncer_gateway::server(&config.gateway, gateway, denials, shared);
-    let local =
-        LocalGateway { bus, denials: denials_in_process, hooks: Box::new(Hooks { set: revocations, jwks }) };
+    let hooks = Arc::new(Hooks { set: revocations, jwks, api_keys });
+    let local = LocalGateway { bus, denials: denials_in_process, hooks };
     let admin = Admin { config: config.clone(), local: Mutex::new(Some(local)) };
     server.add_service(background_service("admin", admin));
     if let Some(addr) = echo {
@@ -100,6 +109,7 @@ struct Admin {
 struct Hooks {
     set: Arc<RevocationSet>,
     jwks: Arc<Jwks>,
+    api_keys: Arc<ApiKeySet>,
 }
 
 impl GatewayHooks for Hooks {
@@ -114,6 +124,10 @@ impl GatewayHooks for Hooks {
 
     fn keys(&self, jwks: LocalJwks) -> Result<(), String> {
         self.jwks.install(jwks).map(drop).map_err(|e| e.to_string())
+    }
+
+    fn api_keys(&self, update: &KeyUpdate) {
+        self.api_keys.apply(update);
     }
 }
 

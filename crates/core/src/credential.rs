@@ -117,6 +117,38 @@ pub fn same_hash(a: &TokenHash, b: &TokenHash) -> bool {
     a.0.iter().zip(b.0.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A key a gateway may accept, with the roles it acts with: what the admin
+/// computes with [`key_grants`] and hands to every gateway. It carries the
+/// key's hash, never the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsableApiKey {
+    pub id: uuid::Uuid,
+    pub user_id: uuid::Uuid,
+    pub prefix: String,
+    pub hash: TokenHash,
+    pub roles: Vec<String>,
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
+impl UsableApiKey {
+    /// Whether `presented` (the hash of a key with this key's prefix) is
+    /// this key, still unexpired at `now`.
+    pub fn admits(&self, presented: &TokenHash, now: time::OffsetDateTime) -> bool {
+        // Both checks run: the comparison's time never depends on expiry.
+        let same = same_hash(&self.hash, presented);
+        same & self.expires_at.is_none_or(|t| now < t)
+    }
+}
+
+/// What the admin tells gateways about API keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyUpdate {
+    /// Every usable key: replaces what a gateway holds.
+    All(Vec<UsableApiKey>),
+    /// One user's usable keys after a change: replaces that user's.
+    User { user: uuid::Uuid, keys: Vec<UsableApiKey> },
+}
+
 /// The roles an API key acts with, or `None` when it must be refused: a
 /// key never outlives its expiry or its owner's ban, and never acts with a
 /// role its owner has since lost (it was created with a subset of the

@@ -59,6 +59,23 @@ pub struct RouteSpec {
     pub roles: Vec<String>,
     pub owner: Option<String>,
     pub rate_limit: Option<RateLimitSpec>,
+    /// What a caller may authenticate with; default `[jwt]`.
+    #[serde(default = "only_jwt")]
+    pub credentials: Vec<CredentialKind>,
+}
+
+/// A kind of credential a route accepts (`credentials:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// An access token (`Authorization: Bearer <JWT>`).
+    Jwt,
+    /// An API key (`Authorization: Bearer bk_…` or `X-API-Key: bk_…`).
+    ApiKey,
+}
+
+fn only_jwt() -> Vec<CredentialKind> {
+    vec![CredentialKind::Jwt]
 }
 
 /// An upstream as written in the file.
@@ -116,6 +133,11 @@ pub struct Route {
 impl Route {
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// Whether the route takes this kind of credential.
+    pub fn accepts(&self, kind: CredentialKind) -> bool {
+        self.spec.credentials.contains(&kind)
     }
 
     /// Decides access: `auth: none` lets everyone through; otherwise roles
@@ -267,6 +289,15 @@ impl RouteTable {
                 if spec.auth == AuthMode::None {
                     return Err(field("owner", "needs authentication; auth is none".into()));
                 }
+            }
+            if spec.credentials.is_empty() {
+                return Err(field("credentials", "needs at least one of jwt, api_key".into()));
+            }
+            if spec.credentials.iter().enumerate().any(|(i, c)| spec.credentials[..i].contains(c)) {
+                return Err(field("credentials", "names a kind twice".into()));
+            }
+            if spec.auth == AuthMode::None && spec.credentials != only_jwt() {
+                return Err(field("credentials", "cannot be checked when auth is none".into()));
             }
             if spec.auth == AuthMode::None && !spec.roles.is_empty() {
                 return Err(field("roles", "cannot be checked when auth is none".into()));
@@ -585,6 +616,21 @@ routes:
                 "upstreams: { u: { targets: [h:1] } }\nroutes:\n  - name: a\n    path: /u\n    upstream: u\n    owner: id\n",
                 Some(3),
                 "not a {param}",
+            ),
+            (
+                "upstreams: { u: { targets: [h:1] } }\nroutes:\n  - name: a\n    path: /u\n    upstream: u\n    credentials: []\n",
+                Some(3),
+                "needs at least one",
+            ),
+            (
+                "upstreams: { u: { targets: [h:1] } }\nroutes:\n  - name: a\n    path: /u\n    upstream: u\n    credentials: [api_key, api_key]\n",
+                Some(3),
+                "names a kind twice",
+            ),
+            (
+                "upstreams: { u: { targets: [h:1] } }\nroutes:\n  - name: a\n    path: /u\n    upstream: u\n    auth: none\n    credentials: [api_key]\n",
+                Some(3),
+                "cannot be checked when auth is none",
             ),
             (
                 "upstreams: { u: { targets: [h:1] } }\nroutes:\n  - name: a\n    path: /u\n    upstream: u\n    auth: none\n    roles: [admin]\n",

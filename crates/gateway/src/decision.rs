@@ -18,9 +18,10 @@ use arc_swap::ArcSwap;
 use bouncer_core::{
     bucket::{Decision, Limit},
     claims::{AccessClaims, Expectations},
+    credential,
     jwt::{self, TokenError},
     path::normalize_path,
-    routes::{Access, AuthMode, LimitKey, RouteMatch},
+    routes::{Access, AuthMode, CredentialKind, LimitKey, Route, RouteMatch},
 };
 use bouncer_shared_state::limiter::{RateLimiter, Verdict};
 use http::HeaderName;
@@ -28,6 +29,7 @@ use pingora::http::RequestHeader;
 use time::OffsetDateTime;
 
 use crate::{
+    api_keys::{ApiKeySet, KeyRefusal},
     identity::{self, IdentityNames},
     jwks::Jwks,
     problem::Denial,
@@ -49,6 +51,18 @@ pub struct Pipeline {
     pub verified: VerifiedTokens,
     pub identity_names: IdentityNames,
     pub limiter: Arc<RateLimiter>,
+    /// The API keys the admin in this process announced; `None` for a
+    /// gateway of its own, which has no key feed yet and is refused
+    /// routes that take keys (`SetupError::ApiKeysNeedUp`).
+    pub api_keys: Option<Arc<ApiKeySet>>,
+}
+
+/// The credential a caller authenticated with, for `X-Credential`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialUsed {
+    Jwt,
+    /// The key's id.
+    ApiKey(uuid::Uuid),
 }
 
 /// What the pipeline established about a request on the way to its
@@ -63,6 +77,8 @@ pub struct Facts {
     pub forward_path: String,
     /// The verified caller; `None` when anonymous or not authenticated.
     pub identity: Option<Arc<AccessClaims>>,
+    /// How [`Self::identity`] was established.
+    pub credential: Option<CredentialUsed>,
     /// The route's limit and what the bucket said, for `RateLimit-*`.
     pub rate: Option<(Limit, Decision)>,
     /// The bucket the request was counted in (route name + key value).
@@ -118,14 +134,21 @@ impl Pipeline {
 
         // 3. Strip every client-sent identity header, on every route. Nothing
         // below reads them; the request filter removes them on admission.
-        let strip = identity_headers_to_strip(req, &self.identity_names);
+        let mut strip = identity_headers_to_strip(req, &self.identity_names);
 
         // 4. Authenticate, then 5. check revocations.
-        facts.identity = match route.spec.auth {
+        let authenticated = match route.spec.auth {
             AuthMode::None => None,
-            mode => self.authenticate(req, mode == AuthMode::Required).await?,
+            mode => self.authenticate(req, route, mode == AuthMode::Required).await?,
         };
-        if let Some(claims) = &facts.identity {
+        if let Some((_, CredentialUsed::ApiKey(_))) = &authenticated {
+            // The key is Bouncer's credential, not the upstream's.
+            strip.extend([http::header::AUTHORIZATION, HeaderName::from_static(identity::X_API_KEY)]);
+        }
+        facts.credential = authenticated.as_ref().map(|(_, used)| *used);
+        facts.identity = authenticated.map(|(claims, _)| claims);
+        // A key's owner's bans and role changes reach the key set itself.
+        if let (Some(claims), Some(CredentialUsed::Jwt)) = (&facts.identity, facts.credential) {
             if !self.revocations.is_ready() {
                 return Err(Denial::NoRevocations);
             }
@@ -169,8 +192,9 @@ impl Pipeline {
     async fn authenticate(
         &self,
         req: &RequestHeader,
+        route: &Route,
         required: bool,
-    ) -> Result<Option<Arc<AccessClaims>>, Denial> {
+    ) -> Result<Option<(Arc<AccessClaims>, CredentialUsed)>, Denial> {
         let mut headers = req.headers.get_all(http::header::AUTHORIZATION).iter();
         let header = headers.next();
         let query_token =
@@ -179,6 +203,16 @@ impl Pipeline {
         // on its own as well as beside a header.
         if headers.next().is_some() || query_token {
             return Err(Denial::AmbiguousCredentials);
+        }
+        let takes_keys = route.accepts(CredentialKind::ApiKey);
+        if takes_keys {
+            let mut keys = req.headers.get_all(identity::X_API_KEY).iter();
+            if let Some(key) = keys.next() {
+                if keys.next().is_some() || header.is_some() {
+                    return Err(Denial::AmbiguousCredentials);
+                }
+                return self.key_identity(key.to_str().unwrap_or_default()).map(Some);
+            }
         }
         let Some(value) = header else {
             return if required { Err(Denial::NoToken) } else { Ok(None) };
@@ -190,6 +224,12 @@ impl Pipeline {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .ok_or(Denial::NotBearer)?;
+        if credential::looks_like_api_key(token) {
+            return if takes_keys { self.key_identity(token).map(Some) } else { Err(Denial::InvalidToken) };
+        }
+        if !route.accepts(CredentialKind::Jwt) {
+            return Err(Denial::InvalidToken);
+        }
         let claims = match self.verify(token).await {
             Ok(c) => c,
             Err(None) => return Err(Denial::NoKeys),
@@ -203,7 +243,17 @@ impl Pipeline {
         if !printable {
             return Err(Denial::UnsafeClaims);
         }
-        Ok(Some(claims))
+        Ok(Some((claims, CredentialUsed::Jwt)))
+    }
+
+    /// The owner of API key `presented`, acting with the key's roles.
+    fn key_identity(&self, presented: &str) -> Result<(Arc<AccessClaims>, CredentialUsed), Denial> {
+        let keys = self.api_keys.as_ref().ok_or(Denial::NoApiKeys)?;
+        match keys.verify(presented.trim(), OffsetDateTime::now_utc()) {
+            Ok(found) => Ok((found.claims.clone(), CredentialUsed::ApiKey(found.key.id))),
+            Err(KeyRefusal::NotLoaded) => Err(Denial::NoApiKeys),
+            Err(KeyRefusal::Invalid) => Err(Denial::InvalidToken),
+        }
     }
 
     /// `Err(None)`: no keys were ever loaded (503). `Err(Some(_))`: refused.

@@ -21,11 +21,16 @@ pub const X_USER_ID: &str = "x-user-id";
 pub const X_USER_EMAIL: &str = "x-user-email";
 pub const X_USER_ROLES: &str = "x-user-roles";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// Which kind of credential the caller used: `jwt` or `api_key:<id>`.
+pub const X_CREDENTIAL: &str = "x-credential";
+/// Where a client may send an API key instead of `Authorization`.
+pub const X_API_KEY: &str = "x-api-key";
 
 /// Stripped from every request on every route, in canonical (`-`, lower
 /// case) form.
-const STRIPPED: [&str; 11] = [
+const STRIPPED: [&str; 12] = [
     X_USER_ID,
+    X_CREDENTIAL,
     X_USER_EMAIL,
     X_USER_ROLES,
     "x-http-method-override",

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod api_keys;
 pub mod decision;
 pub mod drain;
 pub mod error;
@@ -44,7 +45,9 @@ use pingora::{
 };
 use tokio::sync::{Mutex, broadcast, mpsc};
 
-use crate::{access_log::AccessLog, jwks::Jwks, proxy::Gateway, revocations::RevocationSet};
+use crate::{
+    access_log::AccessLog, api_keys::ApiKeySet, jwks::Jwks, proxy::Gateway, revocations::RevocationSet,
+};
 pub use crate::{error::SetupError, table::load_routes};
 
 /// What the gateway shares: with the other replicas through Redis, or
@@ -91,8 +94,9 @@ pub fn build(
     limiter: Arc<RateLimiter>,
     jwks: Jwks,
     log_format: AccessLogFormat,
+    api_keys: Option<Arc<ApiKeySet>>,
 ) -> Result<(Gateway, mpsc::Receiver<DenialEvent>), SetupError> {
-    let table = load_routes(&config.routes)?;
+    let table = load_routes(&config.routes, api_keys.is_some())?;
     let access_log = AccessLog::start(&config.access_log, log_format)
         .map(Arc::new)
         .map_err(|error| SetupError::AccessLog { path: config.access_log.path.clone(), error })?;
@@ -116,6 +120,7 @@ pub fn build(
         verified: token_cache::VerifiedTokens::default(),
         identity_names: identity::IdentityNames::new(&config.identity_headers)?,
         limiter,
+        api_keys,
     };
     let gateway = Gateway {
         pipeline,
@@ -221,6 +226,7 @@ pub fn server(
         path: config.routes.clone(),
         table: gateway.pipeline.table.clone(),
         stats: gateway.metrics.reload_stats(),
+        api_keys_served: gateway.pipeline.api_keys.is_some(),
     };
     server.add_service(background_service("routes", reloader));
     let metrics = metrics::MetricsService { listen: config.metrics_listen, metrics: gateway.metrics.clone() };

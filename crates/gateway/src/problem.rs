@@ -50,6 +50,8 @@ pub enum Denial {
     NoKeys,
     /// 503: no complete revocation snapshot was loaded yet.
     NoRevocations,
+    /// 503: an API key came and the admin's keys are not loaded (yet).
+    NoApiKeys,
     /// 403: neither the roles nor the owner rule allow the caller.
     Forbidden,
     /// 429: the bucket is spent; what it said, for the headers.
@@ -84,7 +86,9 @@ impl Denial {
             Self::NotBearer | Self::InvalidToken | Self::UnsafeClaims | Self::Revoked => {
                 ProblemKind::INVALID_TOKEN
             }
-            Self::NoKeys | Self::NoRevocations | Self::LimiterUnavailable => ProblemKind::UNAVAILABLE,
+            Self::NoKeys | Self::NoRevocations | Self::NoApiKeys | Self::LimiterUnavailable => {
+                ProblemKind::UNAVAILABLE
+            }
             Self::Forbidden => ProblemKind::FORBIDDEN,
             Self::RateLimited { .. } => ProblemKind::TOO_MANY_REQUESTS,
             Self::NoTarget | Self::UpstreamError => ProblemKind::BAD_GATEWAY,
@@ -115,6 +119,7 @@ impl Denial {
             Self::Revoked => "The access token was revoked.",
             Self::NoKeys => "Token verification keys are not loaded yet.",
             Self::NoRevocations => "Revocations are not loaded yet.",
+            Self::NoApiKeys => "API keys are not loaded yet.",
             Self::Forbidden => "Your roles do not allow this request.",
             Self::RateLimited { .. } => "Slow down: the rate limit is spent.",
             Self::LimiterUnavailable => "The rate-limit store is unavailable.",
@@ -142,6 +147,7 @@ impl Denial {
             Self::Revoked => "revoked",
             Self::NoKeys => "no_keys",
             Self::NoRevocations => "no_revocations",
+            Self::NoApiKeys => "no_api_keys",
             Self::Forbidden => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
             Self::LimiterUnavailable => "limiter_unavailable",
@@ -170,7 +176,7 @@ impl Denial {
                 vec![("www-authenticate", Cow::Borrowed(INVALID_TOKEN_CHALLENGE))]
             }
             Self::MethodNotAllowed { allow } => vec![("allow", Cow::Owned(allow.join(", ")))],
-            Self::NoKeys | Self::NoRevocations | Self::LimiterUnavailable => {
+            Self::NoKeys | Self::NoRevocations | Self::NoApiKeys | Self::LimiterUnavailable => {
                 vec![("retry-after", Cow::Borrowed("1"))]
             }
             Self::RateLimited { limit, decision } => {
@@ -261,6 +267,7 @@ mod tests {
             (Denial::Revoked,                 401, "invalid-token",         "revoked",               true,  invalid_token),
             (Denial::NoKeys,                  503, "unavailable",           "no_keys",               false, retry_1),
             (Denial::NoRevocations,           503, "unavailable",           "no_revocations",        false, retry_1),
+            (Denial::NoApiKeys,               503, "unavailable",           "no_api_keys",           false, retry_1),
             (Denial::Forbidden,               403, "forbidden",             "forbidden",             true,  &[]),
             (Denial::RateLimited { limit, decision: spent },
                                               429, "too-many-requests",     "rate_limited",          true,

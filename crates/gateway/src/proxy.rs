@@ -39,9 +39,9 @@ use uuid::Uuid;
 
 use crate::{
     access_log::{AccessLog, Entry},
-    decision::{Admit, Decided, Facts, Pipeline},
+    decision::{Admit, CredentialUsed, Decided, Facts, Pipeline},
     drain::{Drain, InFlight},
-    identity::X_FORWARDED_FOR,
+    identity::{X_CREDENTIAL, X_FORWARDED_FOR},
     metrics::GatewayMetrics,
     problem::{Denial, rate_limit_headers},
     upstream::Pool,
@@ -210,6 +210,13 @@ impl ProxyHttp for Gateway {
             for (name, value) in names.injected(claims) {
                 upstream.insert_header(name, value)?;
             }
+        }
+        match ctx.facts.credential {
+            Some(CredentialUsed::Jwt) => upstream.insert_header(X_CREDENTIAL, "jwt")?,
+            Some(CredentialUsed::ApiKey(id)) => {
+                upstream.insert_header(X_CREDENTIAL, format!("api_key:{id}"))?
+            }
+            None => {}
         }
         upstream.insert_header(names.request_id.clone(), ctx.request_id.as_str())?;
         let forwarded = forwarded_for(session.req_header(), ctx.peer_ip, &self.trusted_proxies);

@@ -229,13 +229,5 @@ pub struct ApiKeyGrant {
     pub owner_banned: bool,
 }
 
-/// A key a gateway may accept now, with the roles it acts with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsableApiKey {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub prefix: String,
-    pub hash: TokenHash,
-    pub roles: Vec<String>,
-    pub expires_at: Option<OffsetDateTime>,
-}
+/// A key a gateway may accept now (core's type: gateways hold it too).
+pub use bouncer_core::credential::UsableApiKey;

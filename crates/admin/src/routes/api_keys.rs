@@ -45,7 +45,8 @@ pub struct NewApiKeyBody {
     #[schema(min_length = 1, max_length = 100, pattern = r"^[^\x00]*$")]
     name: String,
     /// Roles the key acts with, a subset of the caller's; default: all of them.
-    roles: Option<Vec<String>>,
+    #[schema(inline)]
+    roles: Option<Vec<super::admin::RoleName>>,
     /// Seconds until the key expires (1 to 10 years' worth); default: never.
     #[schema(minimum = 1, maximum = 315_360_000)]
     expires_in: Option<i64>,
@@ -162,7 +163,7 @@ pub async fn create_key(
     }
     // The roles the caller holds now (the store's, not the token's).
     let held = &auth.user.roles;
-    let mut roles = body.roles.unwrap_or_else(|| held.clone());
+    let mut roles = body.roles.map_or_else(|| held.clone(), |r| r.into_iter().map(|r| r.0).collect());
     roles.sort();
     roles.dedup();
     if let Err(role) = within(&roles, held) {
@@ -195,6 +196,7 @@ pub async fn create_key(
     let ctx = client.audit(Some(auth.user.id.to_string()));
     let created = state.store.create_api_key(new, &ctx).await?;
     state.metrics.audited();
+    state.keys_changed([auth.user.id]).await;
     tracing::info!(key_id = %created.id, prefix = %created.prefix, user_id = %auth.user.id, "api key created");
     Ok((
         StatusCode::CREATED,
@@ -320,6 +322,7 @@ async fn revoke(
     let id = super::admin::path_id(id)?;
     let key = state.store.revoke_api_key(id, owner, OffsetDateTime::now_utc(), ctx).await?;
     state.metrics.audited();
+    state.keys_changed([key.user_id]).await;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, user_id = %key.user_id, "api key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

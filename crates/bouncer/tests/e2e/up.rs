@@ -326,6 +326,118 @@ async fn a_client_token_passes_the_gateway_until_the_client_is_deleted() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// API keys at the embedded gateway: accepted (Bearer or X-API-Key) on a
+/// route whose credentials list them, as the owner with the key's roles;
+/// never forwarded; refused within a second of a deletion or a ban — and
+/// at once when the admin has answered the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_pass_the_gateway_until_deleted_or_their_owner_is_banned() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (admin_port, gateway_port) = (ports.admin, ports.gateway);
+    let config = ports.write_config(
+        dir.path(),
+        &format!(
+            "upstreams:\n  echo: {{ targets: [127.0.0.1:{}] }}\nroutes:\n  - {{ name: sync, path: /sync/**, upstream: echo, roles: [user], credentials: [jwt, api_key] }}\n  - {{ name: api, path: /api/**, upstream: echo, roles: [user] }}\n",
+            ports.echo
+        ),
+    );
+    let add = ["user", "add", "--email", "root@example.com", "--role", "admin", "--password-stdin"];
+    let out = run_cli(&config, &add, Some(PASSWORD)).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (mut up, _logs) = start_up(&config);
+    let (gw, admin) = (format!("http://127.0.0.1:{gateway_port}"), format!("http://127.0.0.1:{admin_port}"));
+    let http = reqwest::Client::new();
+    let ready = within(Duration::from_secs(30), async || {
+        let r = http.get(format!("{gw}/api/x")).bearer_auth("x").send().await;
+        r.is_ok_and(|r| r.status() == 401)
+    })
+    .await;
+    assert!(ready.is_some(), "bouncer up did not become ready");
+    let login = async |email: &str| {
+        let body = json!({"email": email, "password": PASSWORD});
+        let r = http.post(format!("{admin}/auth/login")).json(&body).send().await.unwrap();
+        expect_json(r, 200).await["access_token"].as_str().unwrap().to_owned()
+    };
+    let root = login("root@example.com").await;
+    let body = json!({"email": "sync@example.com", "password": PASSWORD});
+    let user =
+        expect_json(http.post(format!("{admin}/auth/signup")).json(&body).send().await.unwrap(), 201).await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let token = login("sync@example.com").await;
+    let make_key = async || {
+        let r = http
+            .post(format!("{admin}/users/me/api-keys"))
+            .bearer_auth(&token)
+            .json(&json!({"name": "sync job"}))
+            .send()
+            .await
+            .unwrap();
+        let made = expect_json(r, 201).await;
+        (made["id"].as_str().unwrap().to_owned(), made["key"].as_str().unwrap().to_owned())
+    };
+    let (key_id, key) = make_key().await;
+
+    // Both ways of sending it; the upstream sees the owner, not the key.
+    for request in [
+        http.get(format!("{gw}/sync/pull")).bearer_auth(&key),
+        http.get(format!("{gw}/sync/pull")).header("x-api-key", &key),
+    ] {
+        let seen = expect_json(request.send().await.unwrap(), 200).await;
+        let h = &seen["headers"];
+        assert_eq!((&h["x-user-id"], &h["x-user-roles"]), (&json!(user_id), &json!("user")), "{seen}");
+        assert_eq!(h["x-credential"], json!(format!("api_key:{key_id}")), "{seen}");
+        assert!(
+            h.get("x-api-key").is_none() && h.get("authorization").is_none(),
+            "the key is never forwarded: {seen}"
+        );
+        assert!(!seen.to_string().contains(&key), "{seen}");
+    }
+    // The same user's JWT there says so; a key where only JWTs go is refused.
+    let seen =
+        expect_json(http.get(format!("{gw}/sync/pull")).bearer_auth(&token).send().await.unwrap(), 200).await;
+    assert_eq!(seen["headers"]["x-credential"], "jwt");
+    let spoofed = http.get(format!("{gw}/sync/pull")).bearer_auth(&token).header("x-credential", "api_key:x");
+    let seen = expect_json(spoofed.send().await.unwrap(), 200).await;
+    assert_eq!(seen["headers"]["x-credential"], "jwt", "a client's X-Credential never reaches the upstream");
+    let wrong_route = http.get(format!("{gw}/api/x")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(wrong_route.status(), 401, "api takes JWTs only");
+
+    // Deleted: refused as soon as the admin has answered.
+    let deleted =
+        http.delete(format!("{admin}/users/me/api-keys/{key_id}")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let after = http.get(format!("{gw}/sync/pull")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(after.status(), 401, "a deleted key is refused once the deletion is answered");
+
+    // A new key, then the owner banned: refused too; unbanned: back.
+    let (_, key) = make_key().await;
+    let works = http.get(format!("{gw}/sync/pull")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(works.status(), 200, "a new key works at once");
+    let ban = http
+        .post(format!("{admin}/admin/users/{user_id}/ban"))
+        .bearer_auth(&root)
+        .json(&json!({"reason": "test"}))
+        .send()
+        .await
+        .unwrap();
+    expect_json(ban, 200).await;
+    let refused = within(Duration::from_secs(1), async || {
+        http.get(format!("{gw}/sync/pull")).bearer_auth(&key).send().await.unwrap().status() == 401
+    })
+    .await;
+    assert!(refused.is_some(), "a banned owner's key must be refused within 1 s");
+    let unban =
+        http.post(format!("{admin}/admin/users/{user_id}/unban")).bearer_auth(&root).send().await.unwrap();
+    expect_json(unban, 200).await;
+    let back = http.get(format!("{gw}/sync/pull")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(back.status(), 200, "unbanned: the key works again");
+
+    signal(&up, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), up.wait()).await.expect("exits").unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
 /// The signature part of a JWT: what would make a leaked log line usable.
 fn access_token_fragment(token: &str) -> String {
     token.rsplit('.').next().unwrap_or(token).to_owned()

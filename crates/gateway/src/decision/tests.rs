@@ -33,6 +33,8 @@ routes:
     upstream: app
     auth: none
     rate_limit: { key: ip, burst: 2, per_minute: 1 }
+  - { name: keys, path: /keys/**, upstream: app, roles: [user], credentials: [api_key] }
+  - { name: both, path: /both/**, upstream: app, roles: [user], credentials: [jwt, api_key] }
 "#;
 /// `limited`'s burst: requests admitted before the 429.
 const BURST: usize = 2;
@@ -63,6 +65,23 @@ enum State {
     RevocationsLoading,
     /// Ready, and the same request was admitted [`BURST`] times just before.
     AfterBurst,
+    /// Ready, but the admin's API keys have not arrived.
+    ApiKeysLoading,
+}
+
+/// Alice's API keys: one usable, one expired, one the set never heard of.
+#[derive(Clone, Copy, Debug)]
+enum Key {
+    Valid,
+    Expired,
+    Unknown,
+}
+
+impl Key {
+    fn key(self) -> bouncer_core::credential::ApiKey {
+        let n = self as u8 + 1;
+        bouncer_core::credential::ApiKey::from_random([n; 4], [n; 32])
+    }
 }
 
 /// The credential a request carries.
@@ -95,6 +114,12 @@ enum Token {
     Client(&'static [&'static str]),
     /// A client's token, the client deleted since.
     DeletedClient,
+    /// One of Alice's API keys as `Authorization: Bearer bk_…`.
+    KeyBearer(Key),
+    /// The same in `X-API-Key`.
+    KeyHeader(Key),
+    /// A key in `X-API-Key` and Alice's token in `Authorization`.
+    KeyBesideJwt,
 }
 
 /// What the row expects.
@@ -105,6 +130,8 @@ enum Expect {
     Admit { route: &'static str, path: &'static str, alice: Option<&'static [&'static str]> },
     /// Admitted as the service client with these roles: its id, no email.
     AdmitClient { route: &'static str, path: &'static str, roles: &'static [&'static str] },
+    /// Admitted as Alice by her API key: her id, the key's roles, no email.
+    AdmitKey { route: &'static str, path: &'static str },
     /// Refused with exactly this denial.
     Deny(Denial),
     /// Refused as `label` with exactly these response headers, for a denial
@@ -183,6 +210,20 @@ fn cases() -> Vec<(State, &'static str, &'static str, Token, Expect)> {
         (Ready, "GET",     "/api/orders/17",               T::Client(&["user"]), Expect::AdmitClient { route: "orders-read", path: "/api/orders/17", roles: USER }),
         (Ready, "POST",    "/api/orders",                  T::Client(&["user"]), deny(Denial::Forbidden)),
         (Ready, "GET",     "/api/orders/17",               T::DeletedClient,  deny(Denial::Revoked)),
+        // API keys: only on routes whose credentials list them.
+        (Ready, "GET",     "/keys/x",                      T::KeyBearer(Key::Valid),  Expect::AdmitKey { route: "keys", path: "/keys/x" }),
+        (Ready, "GET",     "/keys/x",                      T::KeyHeader(Key::Valid),  Expect::AdmitKey { route: "keys", path: "/keys/x" }),
+        (Ready, "GET",     "/keys/x",                      T::KeyBearer(Key::Expired), deny(Denial::InvalidToken)),
+        (Ready, "GET",     "/keys/x",                      T::KeyHeader(Key::Unknown), deny(Denial::InvalidToken)),
+        (Ready, "GET",     "/keys/x",                      T::Alice(USER),    deny(Denial::InvalidToken)),
+        (Ready, "GET",     "/keys/x",                      T::None,           deny(Denial::NoToken)),
+        (Ready, "GET",     "/both/x",                      T::Alice(USER),    admit_alice("both", "/both/x", USER)),
+        (Ready, "GET",     "/both/x",                      T::KeyHeader(Key::Valid),  Expect::AdmitKey { route: "both", path: "/both/x" }),
+        (Ready, "GET",     "/both/x",                      T::KeyBesideJwt,    deny(Denial::AmbiguousCredentials)),
+        (Ready, "GET",     "/api/orders/17",               T::KeyBearer(Key::Valid),  deny(Denial::InvalidToken)),
+        (Ready, "GET",     "/api/orders/17",               T::KeyHeader(Key::Valid),  deny(Denial::NoToken)),
+        (ApiKeysLoading, "GET", "/keys/x",                 T::KeyBearer(Key::Valid),  deny(Denial::NoApiKeys)),
+        (ApiKeysLoading, "GET", "/both/x",                 T::Alice(USER),    admit_alice("both", "/both/x", USER)),
         // Revocations (step 5).
         (Ready, "GET",     "/api/orders/17",               T::LoggedOut,      deny(Denial::Revoked)),
         (Ready, "GET",     "/api/orders/17",               T::Banned,         deny(Denial::Revoked)),
@@ -339,6 +380,14 @@ impl Outcome {
                     ("x-user-roles".to_owned(), roles.join(",")),
                 ]),
             },
+            Expect::AdmitKey { route, path } => Self::Admitted {
+                route: (*route).to_owned(),
+                path: (*path).to_owned(),
+                identity: Some(vec![
+                    ("x-user-id".to_owned(), ALICE.to_owned()),
+                    ("x-user-roles".to_owned(), "user".to_owned()),
+                ]),
+            },
             Expect::Deny(denial) => Self::Denied(denial.clone()),
             Expect::DenyWith(label, headers) => Self::DeniedWith(
                 (*label).to_owned(),
@@ -400,7 +449,29 @@ fn pipeline(state: State) -> Pipeline {
         verified: VerifiedTokens::default(),
         identity_names: IdentityNames::default(),
         limiter: Arc::new(RateLimiter::in_memory()),
+        api_keys: Some(Arc::new(api_keys(state, now))),
     }
+}
+
+/// Alice's keys as the admin would announce them (none yet while loading).
+fn api_keys(state: State, now: OffsetDateTime) -> crate::api_keys::ApiKeySet {
+    let set = crate::api_keys::ApiKeySet::default();
+    if state == State::ApiKeysLoading {
+        return set;
+    }
+    let usable = |key: Key, expires_at| bouncer_core::credential::UsableApiKey {
+        id: Uuid::now_v7(),
+        user_id: ALICE.parse().unwrap(),
+        prefix: key.key().prefix().to_owned(),
+        hash: key.key().hash(),
+        roles: vec!["user".into()],
+        expires_at,
+    };
+    set.apply(&bouncer_core::credential::KeyUpdate::All(vec![
+        usable(Key::Valid, Some(now + std::time::Duration::from_secs(3600))),
+        usable(Key::Expired, Some(now - std::time::Duration::from_secs(1))),
+    ]));
+    set
 }
 
 /// `method target` carrying `token`.
@@ -428,6 +499,10 @@ fn request(method: &str, target: &str, token: Token) -> RequestHeader {
         Token::InQuery => (vec![], Some(format!("access_token={}", mint(KID, alice(USER))))),
         Token::Client(roles) => (vec![bearer(client_claims(SERVICE.parse().unwrap(), roles))], None),
         Token::DeletedClient => (vec![bearer(client_claims(DELETED_CLIENT, USER))], None),
+        Token::KeyBearer(key) => (vec![format!("Bearer {}", key.key().expose())], None),
+        Token::KeyHeader(_) | Token::KeyBesideJwt => {
+            (if matches!(token, Token::KeyBesideJwt) { vec![bearer(alice(USER))] } else { vec![] }, None)
+        }
     };
     let target = match query {
         Some(q) if target.contains('?') => format!("{target}&{q}"),
@@ -438,6 +513,11 @@ fn request(method: &str, target: &str, token: Token) -> RequestHeader {
     req.insert_header("host", "gw.test").unwrap();
     for value in authorization {
         req.append_header("authorization", value).unwrap();
+    }
+    match token {
+        Token::KeyHeader(key) => req.insert_header("x-api-key", key.key().expose()).unwrap(),
+        Token::KeyBesideJwt => req.insert_header("x-api-key", Key::Valid.key().expose()).unwrap(),
+        _ => {}
     }
     req
 }
