@@ -48,6 +48,8 @@ pub struct Inner {
     /// The gateway in this process (`bouncer up`), told which API keys it
     /// may accept; `None` for an admin of its own.
     pub local_gateway: Option<Arc<dyn service::GatewayHooks>>,
+    /// Where gateways of their own read API keys (with `redis:`).
+    pub redis_keys: Option<Arc<bouncer_shared_state::keys::RedisKeys>>,
 }
 
 impl Inner {
@@ -90,41 +92,62 @@ impl AppState {
             metrics: Metrics::default(),
             expectations,
             local_gateway: None,
+            redis_keys: None,
         })))
     }
 
-    /// Tells the gateway in this process about API key changes, from now on.
-    fn with_local_gateway(mut self, gateway: Arc<dyn service::GatewayHooks>) -> Self {
+    /// Where API key changes go from now on: the gateway in this process,
+    /// and Redis for gateways of their own.
+    fn with_key_feeds(
+        mut self,
+        gateway: Option<Arc<dyn service::GatewayHooks>>,
+        redis: Option<Arc<bouncer_shared_state::keys::RedisKeys>>,
+    ) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.0) {
-            inner.local_gateway = Some(gateway);
+            inner.local_gateway = gateway;
+            inner.redis_keys = redis;
         }
         self
     }
 
-    /// Sends the in-process gateway every usable API key (at start, and
-    /// periodically: the safety net for an update it missed).
-    pub async fn send_all_keys(&self) -> Result<(), bouncer_store::StoreError> {
-        let Some(gateway) = &self.local_gateway else { return Ok(()) };
+    /// Sends every usable API key (at start, and periodically: the safety
+    /// net for an update a gateway missed, or a Redis that lost its data).
+    pub async fn send_all_keys(&self) -> anyhow::Result<()> {
+        if self.local_gateway.is_none() && self.redis_keys.is_none() {
+            return Ok(());
+        }
         let keys = bouncer_store::usable_api_keys(&*self.store, None, OffsetDateTime::now_utc()).await?;
-        gateway.api_keys(&KeyUpdate::All(keys));
+        if let Some(redis) = &self.redis_keys {
+            redis.publish_all(&keys).await?;
+        }
+        if let Some(gateway) = &self.local_gateway {
+            gateway.api_keys(&KeyUpdate::All(keys));
+        }
         Ok(())
     }
 
-    /// Sends the in-process gateway these users' usable API keys, after a
-    /// change that affects them has committed, and before the change is
-    /// answered: once a deletion or ban is visible, no gateway in this
-    /// process admits the key.
+    /// Sends these users' usable API keys, after a change that affects
+    /// them has committed and before the change is answered: once a
+    /// deletion or ban is answered, the gateway in this process refuses
+    /// the key, and Redis already holds what other gateways load.
     pub async fn keys_changed(&self, users: impl IntoIterator<Item = Uuid>) {
-        let Some(gateway) = &self.local_gateway else { return };
+        if self.local_gateway.is_none() && self.redis_keys.is_none() {
+            return;
+        }
         let now = OffsetDateTime::now_utc();
         for user in users {
-            match bouncer_store::usable_api_keys(&*self.store, Some(user), now).await {
-                Ok(keys) => gateway.api_keys(&KeyUpdate::User { user, keys }),
-                // Refuse them all rather than keep what may be revoked.
-                Err(e) => {
-                    tracing::warn!(error = %e, user_id = %user, "cannot load api keys; the gateway drops the user's");
-                    gateway.api_keys(&KeyUpdate::User { user, keys: Vec::new() });
-                }
+            // Refuse them all rather than keep what may be revoked.
+            let keys = bouncer_store::usable_api_keys(&*self.store, Some(user), now).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, user_id = %user, "cannot load api keys; gateways drop the user's");
+                Vec::new()
+            });
+            if let Some(redis) = &self.redis_keys
+                && let Err(e) = redis.publish_user(user, &keys).await
+            {
+                tracing::warn!(error = %e, user_id = %user, "cannot publish api keys to redis; the next full write fixes it");
+            }
+            if let Some(gateway) = &self.local_gateway {
+                gateway.api_keys(&KeyUpdate::User { user, keys });
             }
         }
     }

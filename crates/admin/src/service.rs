@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use bouncer_core::{config::Config, revocation::Revocation};
-use bouncer_shared_state::{Redis, RevocationBus, denials::DenialSource};
+use bouncer_shared_state::{Redis, RevocationBus, denials::DenialSource, keys::RedisKeys};
 use bouncer_store::Store;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -95,6 +95,8 @@ pub async fn start(config: &Config, topology: Topology, migrations: Migrations) 
     }
     let keep = shared::revocation_keep(admin);
     let redis = config.redis.as_deref().map(|url| Redis::connect(url, &config.redis_prefix)).transpose()?;
+    // Gateways of their own read API keys from Redis (one client for the writes).
+    let redis_keys = redis.as_ref().map(|r| r.another().map(|r| Arc::new(RedisKeys::new(r)))).transpose()?;
     let (bus, hooks) = match topology {
         Topology::Standalone => {
             let bus: Arc<RevocationBus> = match &redis {
@@ -125,12 +127,15 @@ pub async fn start(config: &Config, topology: Topology, migrations: Migrations) 
         hooks.revocations(&store.revocations_since(horizon).await?, config.redis.is_none());
     }
     hint_first_admin(&*store).await?;
-    let mut state = AppState::new(admin.clone(), store, bus)?;
-    if let Some(hooks) = &hooks {
-        state = state.with_local_gateway(hooks.clone());
-        // Keys before listening, like the key ring; then every minute, in
-        // case an update was missed.
-        state.send_all_keys().await?;
+    let feeds = hooks.is_some() || redis_keys.is_some();
+    let state = AppState::new(admin.clone(), store, bus)?.with_key_feeds(hooks.clone(), redis_keys);
+    if feeds {
+        // Keys before listening, like the key ring (a Redis that is down
+        // now gets them at the next round); then every minute, in case an
+        // update was missed.
+        if let Err(e) = state.send_all_keys().await {
+            tracing::warn!(error = %e, "cannot send the api keys yet; retrying every minute");
+        }
         let periodic = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(KEYS_RESENT_EVERY);

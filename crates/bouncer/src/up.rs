@@ -41,7 +41,9 @@ pub const ECHO_UPSTREAM: &str = "echo";
 pub fn run(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
     let (shared, denial_source) = match &config.redis {
         Some(_) => {
-            let shared = SharedState::redis(&config)?;
+            // The admin beside it hands the keys over (and writes them to
+            // Redis for the other replicas): no need to read them back.
+            let shared = SharedState { key_feed: None, ..SharedState::redis(&config)? };
             (shared, None)
         }
         None => {
@@ -54,6 +56,7 @@ pub fn run(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
                 bus,
                 bus_decides_ready: false,
                 denial_sink: Arc::new(DenialSink::InProcess(to_admin)),
+                key_feed: None,
             };
             (shared, Some(DenialSource::InProcess(from_gateway)))
         }

@@ -51,8 +51,8 @@ pub struct Pipeline {
     pub verified: VerifiedTokens,
     pub identity_names: IdentityNames,
     pub limiter: Arc<RateLimiter>,
-    /// The API keys the admin in this process announced; `None` for a
-    /// gateway of its own, which has no key feed yet and is refused
+    /// The API keys the admin announced (in-process, or through Redis);
+    /// `None` for a gateway built without a key feed, which is refused
     /// routes that take keys (`SetupError::ApiKeysNeedUp`).
     pub api_keys: Option<Arc<ApiKeySet>>,
 }

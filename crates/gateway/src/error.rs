@@ -32,12 +32,9 @@ pub enum SetupError {
     /// A configured identity header name is not a header name.
     #[error("gateway.identity_headers: {name:?}: {error}")]
     IdentityHeader { name: String, error: http::header::InvalidHeaderName },
-    /// A route takes API keys on a gateway of its own, which has no key
-    /// feed yet.
-    #[error(
-        "routes.yaml: route {route:?} takes api_key credentials, which only a gateway inside `bouncer up` \
-         serves so far (a gateway of its own does not learn API keys yet)"
-    )]
+    /// A route takes API keys on a gateway built without a key feed
+    /// ([`build`](crate::build) given no key set).
+    #[error("routes.yaml: route {route:?} takes api_key credentials, and this gateway has no API key feed")]
     ApiKeysNeedUp { route: String },
     /// A standalone gateway was configured without Redis.
     #[error(

@@ -36,6 +36,7 @@ use bouncer_core::{
 use bouncer_shared_state::{
     Redis, RevocationBus,
     denials::{DenialEvent, DenialRecorder, DenialSink},
+    keys::RedisKeys,
     limiter::RateLimiter,
 };
 use pingora::{
@@ -63,6 +64,9 @@ pub struct SharedState {
     /// In-process: whoever loads the store's revocations does.
     pub bus_decides_ready: bool,
     pub denial_sink: Arc<DenialSink>,
+    /// Where API keys come from on Redis; `None` when the admin in this
+    /// process hands them over itself.
+    pub key_feed: Option<Arc<RedisKeys>>,
 }
 
 impl SharedState {
@@ -81,6 +85,7 @@ impl SharedState {
             early_events: None,
             bus_decides_ready: true,
             denial_sink: Arc::new(DenialSink::redis(&redis)),
+            key_feed: Some(Arc::new(RedisKeys::new(another()?))),
         })
     }
 }
@@ -185,6 +190,22 @@ impl BackgroundService for FlushAccessLog {
     }
 }
 
+/// Fills the API key set from Redis for as long as the gateway runs.
+struct FollowApiKeys {
+    feed: Arc<RedisKeys>,
+    set: Arc<ApiKeySet>,
+}
+
+#[async_trait]
+impl BackgroundService for FollowApiKeys {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            () = self.feed.follow(|update| self.set.apply(&update)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 struct KeepKeysFresh(Arc<Jwks>);
 
 #[async_trait]
@@ -216,6 +237,9 @@ pub fn server(
         ready_from_bus: shared.bus_decides_ready,
     };
     server.add_service(background_service("revocations", feed));
+    if let (Some(feed), Some(set)) = (shared.key_feed, gateway.pipeline.api_keys.clone()) {
+        server.add_service(background_service("api-keys", FollowApiKeys { feed, set }));
+    }
     let finishing = gateway.drain.finishing();
     let shipper =
         ShipDenials(Mutex::new(Some(Shipping { queue: denial_queue, sink: shared.denial_sink, finishing })));

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod denials;
+pub mod keys;
 pub mod limiter;
 pub mod memory;
 pub mod redis;

@@ -221,3 +221,74 @@ async fn denials_travel_the_stream_and_unacknowledged_ones_come_back() {
     let pending = server.cli(&["xpending", "test:denials", "admin"]);
     assert!(pending.starts_with('0'), "all acknowledged, XPENDING says {pending:?}");
 }
+
+/// The API key feed: a follower loads nothing until an admin has recorded
+/// the keys, then the whole hash, then each user's change as announced —
+/// and the hash again after Redis restarts and an admin rewrites it.
+#[tokio::test]
+async fn api_keys_are_loaded_whole_then_followed_per_user() {
+    use bouncer_core::{
+        credential::{KeyUpdate, UsableApiKey},
+        token::TokenHash,
+    };
+    use bouncer_shared_state::keys::RedisKeys;
+    use std::sync::{Arc, Mutex};
+
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let admin = RedisKeys::new(connect(&url).await);
+    let gateway = Arc::new(RedisKeys::new(connect(&url).await));
+    let seen: Arc<Mutex<Vec<KeyUpdate>>> = Arc::default();
+    let follower = {
+        let (gateway, seen) = (gateway.clone(), seen.clone());
+        tokio::spawn(async move { gateway.follow(|u| seen.lock().unwrap().push(u)).await })
+    };
+    let key = |user: u128, n: u8| UsableApiKey {
+        id: Uuid::from_u128(100 + u128::from(n)),
+        user_id: Uuid::from_u128(user),
+        prefix: format!("{n:08x}"),
+        hash: TokenHash([n; 32]),
+        roles: vec!["user".into()],
+        expires_at: None,
+    };
+    // Waits for an update matching `want`; a full reload may come more than
+    // once (the polling load, then the `*` announcement), so none is counted.
+    let until = async |want: &dyn Fn(&KeyUpdate) -> bool, what: &str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = seen.lock().unwrap().drain(..).any(|u| want(&u));
+            if found {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let sorted = |u: &KeyUpdate| match u {
+        KeyUpdate::All(all) => {
+            let mut all = all.clone();
+            all.sort_by_key(|k| k.id);
+            Some(all)
+        }
+        KeyUpdate::User { .. } => None,
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(seen.lock().unwrap().is_empty(), "nothing counts as loaded before an admin recorded the keys");
+
+    admin.publish_all(&[key(1, 1), key(2, 2)]).await.expect("record every key");
+    until(&|u| sorted(u) == Some(vec![key(1, 1), key(2, 2)]), "the whole set").await;
+    admin.publish_user(Uuid::from_u128(2), &[]).await.expect("user 2's keys gone");
+    until(&|u| *u == KeyUpdate::User { user: Uuid::from_u128(2), keys: vec![] }, "user 2 emptied").await;
+    admin.publish_user(Uuid::from_u128(1), &[key(1, 1), key(1, 3)]).await.unwrap();
+    let ones = KeyUpdate::User { user: Uuid::from_u128(1), keys: vec![key(1, 1), key(1, 3)] };
+    until(&|u| *u == ones, "user 1's two keys").await;
+    assert!(seen.lock().unwrap().iter().all(|u| sorted(u).is_none()), "no full reload without a cause");
+
+    // Redis restarts empty: the follower waits for the admin's rewrite.
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(seen.lock().unwrap().is_empty(), "an empty hash after a restart is not a key set");
+    admin.publish_all(&[key(1, 3)]).await.expect("rewrite after the restart");
+    until(&|u| sorted(u) == Some(vec![key(1, 3)]), "the rewritten set").await;
+    follower.abort();
+}

@@ -31,6 +31,7 @@ routes:
     rate_limit: { key: route, burst: 20, per_second: 100 }
   - { name: api, path: /api/**, upstream: app, roles: [user] }
   - { name: staff, path: /staff/**, upstream: app, roles: [admin] }
+  - { name: sync, path: /sync/**, upstream: app, roles: [user], credentials: [jwt, api_key] }
 "#;
 
 struct Gateway {
@@ -433,4 +434,45 @@ async fn an_idle_admin_on_redis_logs_no_warnings() {
         .collect();
     assert!(loud.is_empty(), "an idle admin logged:\n{}", loud.join("\n"));
     assert!(logs.contains("revocations recorded in redis"), "it did talk to Redis: {logs}");
+}
+
+/// API keys travel to every replica through Redis: a new key is accepted
+/// everywhere within a second, a deleted one or one whose owner is banned
+/// refused everywhere within a second, and a replica started later loads
+/// the keys from the hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_reach_every_replica_and_so_do_deletions_and_bans() {
+    let redis = RedisServer::start();
+    let mut replicas = Replicas::start(&redis.url(), 3, "local").await;
+    let root = replicas.admin_token().await;
+    let user = replicas.admin.signup("kim@example.com").await;
+    let (token, _) = replicas.admin.login("kim@example.com", PASSWORD).await;
+    let make_key = async || {
+        let made = replicas.admin.post_bearer("/users/me/api-keys", &token, json!({"name": "job"})).await;
+        let made = expect_json(made, 201).await;
+        (made["id"].as_str().unwrap().to_owned(), made["key"].as_str().unwrap().to_owned())
+    };
+    let (first_id, first) = make_key().await;
+    let took = replicas.until_all("/sync/x", &first, 200, Duration::from_secs(1)).await;
+    eprintln!("a new key accepted by all three replicas after {took:?}");
+    assert_eq!(replicas.statuses("/api/x", &first).await, [401, 401, 401], "api takes JWTs only");
+
+    let deleted = replicas.admin.http.delete(replicas.admin.url(&format!("/users/me/api-keys/{first_id}")));
+    assert_eq!(deleted.bearer_auth(&token).send().await.unwrap().status(), 204);
+    let took = replicas.until_all("/sync/x", &first, 401, Duration::from_secs(1)).await;
+    eprintln!("a deleted key refused by all three replicas after {took:?}");
+
+    // A replica started now loads the keys from the hash.
+    let (_, second) = make_key().await;
+    replicas.add_gateway("local").await;
+    let took = replicas.until_all("/sync/x", &second, 200, Duration::from_secs(5)).await;
+    eprintln!("four replicas (one new) accept the second key after {took:?}");
+    let late = replicas.gateways.last().unwrap();
+    let r = replicas.http.get(format!("{}/sync/x", late.base)).bearer_auth(&first).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the new replica never learned the deleted key");
+
+    let ban_path = format!("/admin/users/{}/ban", user["id"].as_str().unwrap());
+    expect_json(replicas.admin.post_bearer(&ban_path, &root, json!({"reason": "abuse"})).await, 200).await;
+    let took = replicas.until_all("/sync/x", &second, 401, Duration::from_secs(1)).await;
+    eprintln!("a banned owner's key refused by all four replicas after {took:?}");
 }
