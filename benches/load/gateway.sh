@@ -43,6 +43,8 @@ routes:
   - { name: auth, path: /auth/**, upstream: admin, auth: none }
   - { name: open, path: /open/**, upstream: echo, auth: none }
   - { name: api,  path: /api/**,  upstream: echo, roles: [user, admin] }
+  # The same route, authenticated by an API key instead of a JWT.
+  - { name: keyed, path: /keyed/**, upstream: echo, roles: [user, admin], credentials: [api_key] }
   # The full pipeline: a bucket generous enough never to refuse, so every
   # request pays the Redis call and nothing else changes.
   - name: limited
@@ -78,6 +80,13 @@ body='{"email":"load@example.com","password":"load test passphrase"}'
 curl -sf "http://127.0.0.1:$gw/auth/signup" -H 'content-type: application/json' -d "$body" >/dev/null
 token=$(curl -sf "http://127.0.0.1:$gw/auth/login" -H 'content-type: application/json' -d "$body" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+key=$(curl -sf "http://127.0.0.1:$admin/users/me/api-keys" -H 'content-type: application/json' \
+    -H "authorization: Bearer $token" -d '{"name":"load"}' \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+for _ in $(seq 1 100); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $key" "http://127.0.0.1:$gw/keyed/x") == 200 ]] && break
+    sleep 0.1
+done
 
 # One wrk run: prints "rps p50_ms p99_ms".
 run() {
@@ -106,6 +115,7 @@ for r in $(seq 1 "$rounds"); do
     results[none]+="$(run "http://127.0.0.1:$gw/open/x" -H "Authorization: Bearer $token")"$'\n'
     results[auth]+="$(run "http://127.0.0.1:$gw/api/x" -H "Authorization: Bearer $token")"$'\n'
     results[full]+="$(run "http://127.0.0.1:$gw/limited/x" -H "Authorization: Bearer $token")"$'\n'
+    results[key]+="$(run "http://127.0.0.1:$gw/keyed/x" -H "Authorization: Bearer $key")"$'\n'
     if [[ -n $base ]]; then
         results[base_none]+="$(run "http://127.0.0.1:$base_gw/open/x" -H "Authorization: Bearer $token")"$'\n'
         results[base_auth]+="$(run "http://127.0.0.1:$base_gw/api/x" -H "Authorization: Bearer $token")"$'\n'
@@ -121,6 +131,7 @@ rows = {
     "none": """${results[none]}""",
     "auth": """${results[auth]}""",
     "full": """${results[full]}""",
+    "key": """${results[key]}""",
     "base_none": """${results[base_none]:-}""",
     "base_auth": """${results[base_auth]:-}""",
     "base_full": """${results[base_full]:-}""",
@@ -135,6 +146,7 @@ names = {
     "none": "gateway, auth: none",
     "auth": "gateway, EdDSA + role check",
     "full": "gateway, EdDSA + role + Redis bucket",
+    "key": "gateway, API key + role",
     "base_none": "${BASELINE_LABEL:-baseline} gateway, auth: none",
     "base_auth": "${BASELINE_LABEL:-baseline} gateway, EdDSA + role check",
     "base_full": "${BASELINE_LABEL:-baseline} gateway, EdDSA + role + Redis bucket",
@@ -143,7 +155,7 @@ print(f"# gateway load: wrk -t1 -c{conns}, {secs}s x {rounds} interleaved rounds
 print()
 print("| scenario | req/s | p50 ms | p99 ms | vs direct | vs auth: none |")
 print("|---|---:|---:|---:|---:|---:|")
-for k in ("direct", "none", "auth", "full", "base_none", "base_auth", "base_full"):
+for k in ("direct", "none", "auth", "key", "full", "base_none", "base_auth", "base_full"):
     if k not in med:
         continue
     rps, p50, p99 = med[k]
@@ -152,6 +164,7 @@ print()
 print(f"authenticated / auth: none throughput: {med['auth'][0] / med['none'][0]:.2f} (target >= 0.85)")
 print(f"full pipeline (+ Redis bucket) / auth: none: {med['full'][0] / med['none'][0]:.2f} (target >= 0.80)")
 print(f"full pipeline / authenticated without bucket: {med['full'][0] / med['auth'][0]:.2f}")
+print(f"API key route / JWT route: {med['key'][0] / med['auth'][0]:.2f} (target >= 1.0)")
 if "base_none" in med:
     print()
     print("this build / ${BASELINE_LABEL:-baseline} (${BASELINE_BIN:-} ${BASELINE_GATEWAY_YAML:-}):")
