@@ -18,10 +18,7 @@ use bouncer_core::{
     credential::{KeyUpdate, UsableApiKey},
     token::TokenHash,
 };
-use fred::{
-    interfaces::{ClientLike, EventInterface, HashesInterface, PubsubInterface},
-    types::scripts::Script,
-};
+use fred::{interfaces::HashesInterface, types::scripts::Script};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -108,30 +105,14 @@ impl RedisKeys {
     /// runs — subscribing, loading the whole hash, then following the
     /// announcements, and loading the hash again after every reconnect.
     pub async fn follow(&self, apply: impl Fn(KeyUpdate) + Send + Sync) {
-        let subscriber = match self.redis.subscriber() {
+        let mut subscription = match crate::redis::subscribe(&self.redis, &self.key, "api keys").await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create the api key subscriber");
                 return;
             }
         };
-        let mut messages = subscriber.message_rx();
-        let mut reconnects = subscriber.reconnect_rx();
-        crate::redis::keep_connected(subscriber.clone());
-        let _resubscriber = subscriber.manage_subscriptions();
-        loop {
-            let subscribed = async {
-                subscriber.wait_for_connect().await?;
-                subscriber.subscribe(self.key.as_str()).await
-            };
-            match subscribed.await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "api key subscription failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+        let (messages, reconnects) = (&mut subscription.messages, &mut subscription.reconnects);
         self.load_all(&apply).await;
         loop {
             tokio::select! {

@@ -105,6 +105,41 @@ pub(crate) fn keep_connected<C: ClientLike + Clone + Send + Sync + 'static>(clie
     });
 }
 
+/// A subscription to one channel on its own connection, kept connected and
+/// resubscribed after every reconnect: what the revocation bus and the API
+/// key feed both follow.
+pub(crate) struct Subscription {
+    pub messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    pub reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    _client: SubscriberClient,
+    _resubscriber: tokio::task::JoinHandle<()>,
+}
+
+/// Subscribes to `channel`, retrying each second until Redis answers (a
+/// process may start before it); `what` names the feed in the logs.
+pub(crate) async fn subscribe(redis: &Redis, channel: &str, what: &str) -> Result<Subscription, RedisError> {
+    use fred::interfaces::{EventInterface, PubsubInterface};
+    let client = redis.subscriber()?;
+    let messages = client.message_rx();
+    let reconnects = client.reconnect_rx();
+    keep_connected(client.clone());
+    let resubscriber = client.manage_subscriptions();
+    loop {
+        let subscribed = async {
+            client.wait_for_connect().await?;
+            client.subscribe(channel).await
+        };
+        match subscribed.await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, feed = what, "subscription failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Ok(Subscription { messages, reconnects, _client: client, _resubscriber: resubscriber })
+}
+
 /// Timeout of one command on the request path (bucket checks).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
 

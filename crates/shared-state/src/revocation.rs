@@ -28,7 +28,7 @@ use std::{
 
 use bouncer_core::revocation::{Revocation, RevocationKind, RevokeReason};
 use fred::{
-    interfaces::{ClientLike, EventInterface, PubsubInterface, SortedSetsInterface},
+    interfaces::{EventInterface, SortedSetsInterface},
     types::scripts::Script,
 };
 use time::OffsetDateTime;
@@ -269,31 +269,14 @@ impl RedisBus {
 /// Keeps the subscription and the snapshot: subscribe, load the set, apply
 /// messages; after every reconnect load the set again.
 async fn run_subscriber(bus: Arc<RedisBus>) {
-    let subscriber = match bus.redis.subscriber() {
+    let mut subscription = match crate::redis::subscribe(&bus.redis, &bus.key, "revocations").await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot create the revocation subscriber");
             return;
         }
     };
-    let mut messages = subscriber.message_rx();
-    let mut reconnects = subscriber.reconnect_rx();
-    crate::redis::keep_connected(subscriber.clone());
-    // Resubscribes by itself after every reconnect.
-    let _resubscriber = subscriber.manage_subscriptions();
-    loop {
-        let subscribed = async {
-            subscriber.wait_for_connect().await?;
-            subscriber.subscribe(bus.key.as_str()).await
-        };
-        match subscribed.await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "revocation subscription failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
+    let (messages, reconnects) = (&mut subscription.messages, &mut subscription.reconnects);
     snapshot_until_loaded(&bus).await;
     loop {
         tokio::select! {
