@@ -253,8 +253,7 @@ fn run_admin(config: Config, migrate: bool) -> anyhow::Result<()> {
 /// here (its own runtimes, signal handling and exit).
 fn run_gateway(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
     let shared = SharedState::redis(&config)?;
-    let api_keys =
-        shared.key_feed.as_ref().map(|_| Arc::new(bouncer_gateway::api_keys::ApiKeySet::default()));
+    let api_keys = Arc::new(bouncer_gateway::api_keys::ApiKeySet::default());
     let jwks = bouncer_gateway::jwks::Jwks::new(&config.gateway.jwks_url);
     let (gateway, denials) =
         bouncer_gateway::build(&config.gateway, shared.limiter.clone(), jwks, log_format, api_keys)?;

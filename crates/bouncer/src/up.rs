@@ -70,7 +70,7 @@ pub fn run(config: Config, log_format: AccessLogFormat) -> anyhow::Result<()> {
         shared.limiter.clone(),
         Jwks::in_process(),
         log_format,
-        Some(api_keys.clone()),
+        api_keys.clone(),
     )?;
     let echo = gateway
         .pipeline

@@ -51,10 +51,8 @@ pub struct Pipeline {
     pub verified: VerifiedTokens,
     pub identity_names: IdentityNames,
     pub limiter: Arc<RateLimiter>,
-    /// The API keys the admin announced (in-process, or through Redis);
-    /// `None` for a gateway built without a key feed, which is refused
-    /// routes that take keys (`SetupError::ApiKeysNeedUp`).
-    pub api_keys: Option<Arc<ApiKeySet>>,
+    /// The API keys the admin announced (in-process, or through Redis).
+    pub api_keys: Arc<ApiKeySet>,
 }
 
 /// The credential a caller authenticated with, for `X-Credential`.
@@ -248,8 +246,7 @@ impl Pipeline {
 
     /// The owner of API key `presented`, acting with the key's roles.
     fn key_identity(&self, presented: &str) -> Result<(Arc<AccessClaims>, CredentialUsed), Denial> {
-        let keys = self.api_keys.as_ref().ok_or(Denial::NoApiKeys)?;
-        match keys.verify(presented.trim(), OffsetDateTime::now_utc()) {
+        match self.api_keys.verify(presented.trim(), OffsetDateTime::now_utc()) {
             Ok(found) => Ok((found.claims.clone(), CredentialUsed::ApiKey(found.key.id))),
             Err(KeyRefusal::NotLoaded) => Err(Denial::NoApiKeys),
             Err(KeyRefusal::Invalid) => Err(Denial::InvalidToken),

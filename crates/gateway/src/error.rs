@@ -32,10 +32,6 @@ pub enum SetupError {
     /// A configured identity header name is not a header name.
     #[error("gateway.identity_headers: {name:?}: {error}")]
     IdentityHeader { name: String, error: http::header::InvalidHeaderName },
-    /// A route takes API keys on a gateway built without a key feed
-    /// ([`build`](crate::build) given no key set).
-    #[error("routes.yaml: route {route:?} takes api_key credentials, and this gateway has no API key feed")]
-    ApiKeysNeedUp { route: String },
     /// A standalone gateway was configured without Redis.
     #[error(
         "a standalone gateway needs `redis` (or BOUNCER_REDIS_URL) to learn revocations and share \

@@ -9,6 +9,8 @@
 //! Headers that make upstreams re-route or re-interpret a request are
 //! stripped too.
 
+use std::borrow::Cow;
+
 use http::HeaderName;
 
 use bouncer_core::{claims::AccessClaims, config::IdentityHeaders};
@@ -78,11 +80,14 @@ impl IdentityNames {
     /// names; a service client has no email, so it gets no email header
     /// (the client's copy is stripped all the same). Built on every forward
     /// attempt (a retry sends them again).
-    pub fn injected(&self, claims: &AccessClaims) -> impl Iterator<Item = (HeaderName, String)> {
+    pub fn injected<'a>(
+        &self,
+        claims: &'a AccessClaims,
+    ) -> impl Iterator<Item = (HeaderName, Cow<'a, str>)> + use<'a> {
         [
-            Some((self.user_id.clone(), claims.sub.to_string())),
-            claims.email.clone().map(|email| (self.email.clone(), email)),
-            Some((self.roles.clone(), claims.roles.join(","))),
+            Some((self.user_id.clone(), Cow::Owned(claims.sub.to_string()))),
+            claims.email.as_deref().map(|email| (self.email.clone(), Cow::Borrowed(email))),
+            Some((self.roles.clone(), Cow::Owned(claims.roles.join(",")))),
         ]
         .into_iter()
         .flatten()

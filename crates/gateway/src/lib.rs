@@ -99,9 +99,9 @@ pub fn build(
     limiter: Arc<RateLimiter>,
     jwks: Jwks,
     log_format: AccessLogFormat,
-    api_keys: Option<Arc<ApiKeySet>>,
+    api_keys: Arc<ApiKeySet>,
 ) -> Result<(Gateway, mpsc::Receiver<DenialEvent>), SetupError> {
-    let table = load_routes(&config.routes, api_keys.is_some())?;
+    let table = load_routes(&config.routes)?;
     let access_log = AccessLog::start(&config.access_log, log_format)
         .map(Arc::new)
         .map_err(|error| SetupError::AccessLog { path: config.access_log.path.clone(), error })?;
@@ -237,7 +237,8 @@ pub fn server(
         ready_from_bus: shared.bus_decides_ready,
     };
     server.add_service(background_service("revocations", feed));
-    if let (Some(feed), Some(set)) = (shared.key_feed, gateway.pipeline.api_keys.clone()) {
+    if let Some(feed) = shared.key_feed {
+        let set = gateway.pipeline.api_keys.clone();
         server.add_service(background_service("api-keys", FollowApiKeys { feed, set }));
     }
     let finishing = gateway.drain.finishing();
@@ -250,7 +251,6 @@ pub fn server(
         path: config.routes.clone(),
         table: gateway.pipeline.table.clone(),
         stats: gateway.metrics.reload_stats(),
-        api_keys_served: gateway.pipeline.api_keys.is_some(),
     };
     server.add_service(background_service("routes", reloader));
     let metrics = metrics::MetricsService { listen: config.metrics_listen, metrics: gateway.metrics.clone() };

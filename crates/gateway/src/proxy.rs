@@ -208,7 +208,7 @@ impl ProxyHttp for Gateway {
         let names = &self.pipeline.identity_names;
         if let Some(claims) = &ctx.facts.identity {
             for (name, value) in names.injected(claims) {
-                upstream.insert_header(name, value)?;
+                upstream.insert_header(name, value.as_ref())?;
             }
         }
         match ctx.facts.credential {

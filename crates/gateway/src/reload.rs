@@ -31,14 +31,12 @@ pub struct RouteReloader {
     pub path: PathBuf,
     pub table: Arc<ArcSwap<LoadedTable>>,
     pub stats: Arc<ReloadStats>,
-    /// Whether this gateway learns API keys (see [`load_routes`]).
-    pub api_keys_served: bool,
 }
 
 impl RouteReloader {
     /// Loads the file and swaps it in if valid. Returns whether it applied.
     pub fn reload(&self) -> bool {
-        match load_routes(&self.path, self.api_keys_served) {
+        match load_routes(&self.path) {
             Ok(table) => {
                 let routes = table.table.routes().len();
                 self.table.store(Arc::new(table));

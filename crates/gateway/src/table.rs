@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, path::Path, sync::Arc};
 
-use bouncer_core::routes::{CredentialKind, RouteTable};
+use bouncer_core::routes::RouteTable;
 
 use crate::{
     error::SetupError,
@@ -20,16 +20,10 @@ pub struct LoadedTable {
 }
 
 /// Loads and resolves a route file, or says why not (file:line: reason).
-/// `api_keys_served`: whether this gateway learns API keys (under `bouncer
-/// up`); a table with routes taking keys is refused by one that does not.
-pub fn load_routes(path: &Path, api_keys_served: bool) -> Result<LoadedTable, SetupError> {
+pub fn load_routes(path: &Path) -> Result<LoadedTable, SetupError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| SetupError::ReadRoutes { path: path.to_owned(), error })?;
     let table = RouteTable::from_yaml(&text, &path.display().to_string())?;
-    let takes_keys = table.routes().iter().find(|r| r.accepts(CredentialKind::ApiKey));
-    if let (false, Some(route)) = (api_keys_served, takes_keys) {
-        return Err(SetupError::ApiKeysNeedUp { route: route.name().to_owned() });
-    }
     LoadedTable::resolve(table)
 }
 
@@ -76,7 +70,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bouncer-table-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing.yaml");
-        let err = load_routes(&missing, true).err().expect("a missing file is refused");
+        let err = load_routes(&missing).err().expect("a missing file is refused");
         assert!(matches!(err, SetupError::ReadRoutes { .. }), "{err:?}");
         let said = err.to_string();
         assert!(said.starts_with(&format!("cannot read {}: ", missing.display())), "{said}");
@@ -84,7 +78,7 @@ mod tests {
         let invalid = dir.join("invalid.yaml");
         std::fs::write(&invalid, "upstreams: {}\nroutes:\n  - { name: r, path: /x, upstream: nowhere }\n")
             .unwrap();
-        let err = load_routes(&invalid, true).err().expect("an invalid table is refused");
+        let err = load_routes(&invalid).err().expect("an invalid table is refused");
         assert!(matches!(err, SetupError::Routes(_)), "{err:?}");
         assert!(err.to_string().starts_with(&format!("{}:", invalid.display())), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();

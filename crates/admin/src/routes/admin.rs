@@ -661,7 +661,7 @@ pub(super) fn path_id(raw: &str) -> Result<Uuid, ApiError> {
 /// `raw` as a UUID only in the hyphenated form the API writes (JSON
 /// Schema's `format: uuid`): `Uuid::parse_str` also takes the simple,
 /// braced and URN forms, which would give one resource several names.
-fn hyphenated_uuid(raw: &str) -> Option<Uuid> {
+pub(super) fn hyphenated_uuid(raw: &str) -> Option<Uuid> {
     if raw.len() != 36 {
         return None;
     }

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::admin::path_id;
 use crate::{
     AppState,
     error::ApiError,
@@ -201,7 +202,7 @@ pub async fn get_client(
     _admin: AdminCaller,
     Path(id): Path<String>,
 ) -> Result<Json<ClientView>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id)?;
     let found = state.store.client(id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(found.into()))
 }
@@ -228,7 +229,7 @@ pub async fn rotate_secret(
     client: ClientInfo,
     Path(id): Path<String>,
 ) -> Result<Json<RotatedSecret>, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id)?;
     let secret = ClientSecret::from_random(super::random()?);
     let now = OffsetDateTime::now_utc();
     let until = now + state.config.client_secret_overlap.get();
@@ -261,7 +262,7 @@ pub async fn delete_client(
     client: ClientInfo,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id)?;
     let ctx = client.audit(Some(admin.user.id.to_string()));
     let revoked = state.store.delete_client(id, OffsetDateTime::now_utc(), &ctx).await?;
     state.announce(&revoked);
@@ -278,9 +279,4 @@ pub struct ClientId {
     #[param(value_type = Uuid)]
     #[allow(dead_code)]
     id: String,
-}
-
-/// Ids in the hyphenated form only, as everywhere else.
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    super::admin::path_id(id)
 }

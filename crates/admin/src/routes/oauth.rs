@@ -213,7 +213,7 @@ async fn issue(
     let account_key = format!("client:{id_text}");
     let attempt =
         super::auth::begin_attempt(state, &account_key, client, now, |m| m.client_token("throttled")).await?;
-    let id = (id_text.len() == 36).then(|| Uuid::try_parse(&id_text).ok()).flatten();
+    let id = super::admin::hyphenated_uuid(&id_text);
     let credential = match id {
         Some(id) => state.store.client_credential(id, now).await?,
         None => None,

@@ -306,7 +306,7 @@ async fn client_identity_headers_are_stripped_on_every_route_and_never_injected(
             .identity
             .iter()
             .flat_map(|claims| pipeline.identity_names.injected(claims))
-            .map(|(name, value)| (name.as_str().to_owned(), value))
+            .map(|(name, value)| (name.as_str().to_owned(), value.into_owned()))
             .collect();
         let from_the_token = match token {
             Token::Alice(_) => vec![
@@ -399,15 +399,13 @@ impl Outcome {
     /// `decided` in the form `expect` is written in.
     fn of(decided: &Decided, names: &IdentityNames, expect: &Expect) -> Self {
         match &decided.verdict {
-            Ok(_) => {
-                Self::Admitted {
-                    route: decided.facts.route.clone().unwrap_or_default(),
-                    path: decided.facts.forward_path.clone(),
-                    identity: decided.facts.identity.as_ref().map(|claims| {
-                        names.injected(claims).map(|(n, v)| (n.as_str().to_owned(), v)).collect()
-                    }),
-                }
-            }
+            Ok(_) => Self::Admitted {
+                route: decided.facts.route.clone().unwrap_or_default(),
+                path: decided.facts.forward_path.clone(),
+                identity: decided.facts.identity.as_ref().map(|claims| {
+                    names.injected(claims).map(|(n, v)| (n.as_str().to_owned(), v.into_owned())).collect()
+                }),
+            },
             Err(denial) if matches!(expect, Expect::DenyWith(..)) => Self::DeniedWith(
                 denial.label().to_owned(),
                 denial.headers().into_iter().map(|(n, v)| (n.to_owned(), v.into_owned())).collect(),
@@ -449,7 +447,7 @@ fn pipeline(state: State) -> Pipeline {
         verified: VerifiedTokens::default(),
         identity_names: IdentityNames::default(),
         limiter: Arc::new(RateLimiter::in_memory()),
-        api_keys: Some(Arc::new(api_keys(state, now))),
+        api_keys: Arc::new(api_keys(state, now)),
     }
 }
 
