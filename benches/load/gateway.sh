@@ -59,8 +59,11 @@ base=${BASELINE_BIN:-}
 if [[ -n $base ]]; then
     base_gw=$(port); base_metrics=$(port)
     sed -e "s/127.0.0.1:$gw\$/127.0.0.1:$base_gw/" -e "s/127.0.0.1:$metrics\$/127.0.0.1:$base_metrics/" \
+        -e "s#routes: $work/routes.yaml#routes: $work/baseline-routes.yaml#" \
         "$work/bouncer.yaml" | awk -v extra="${BASELINE_GATEWAY_YAML:-}" '{ print } /^gateway:$/ && extra { print extra }' \
         > "$work/baseline.yaml"
+    # Without the API-key route: an older build may not know `credentials`.
+    grep -v 'name: keyed' "$work/routes.yaml" > "$work/baseline-routes.yaml"
     taskset -c 0 "$base" gateway --config "$work/baseline.yaml" 2>"$work/baseline.log" & pids+=($!)
 fi
 for _ in $(seq 1 100); do
